@@ -1,0 +1,67 @@
+"""Refusal and warning codes shared by ingestion, preprocessing, the CLI and the HTTP API.
+
+Every refusal is an :class:`IngestionError` carrying a stable machine-readable :class:`RefusalCode`
+and a sentence a person understands. Codes are part of the public API: never rename one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RefusalCode(StrEnum):
+    """Why an input cannot be analysed (HTTP 4xx ``code`` field, ``inspect`` exit 2)."""
+
+    NOT_DICOM = "not_dicom"  # nothing in the input is DICOM (detected by content)
+    NO_IMAGE_SERIES = "no_image_series"  # DICOM present, but no usable image series
+    NOT_CT = "not_ct"  # image series present, none of modality CT
+    AMBIGUOUS_SERIES = "ambiguous_series"  # two or more equally good candidates; caller must name one
+    SERIES_NOT_FOUND = "series_not_found"  # the caller named a SeriesInstanceUID that is not in the input
+    TOO_FEW_SLICES = "too_few_slices"
+    MISSING_SLICES = "missing_slices"  # gap > 2x median slice spacing
+    CONFLICTING_DUPLICATES = "conflicting_duplicates"  # same position / SOP UID, different pixels
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+    CORRUPT_PIXEL_DATA = "corrupt_pixel_data"
+    NOT_AXIAL = "not_axial"
+    INCONSISTENT_GEOMETRY = "inconsistent_geometry"  # missing/contradictory IPP, IOP, spacing, matrix
+    ARCHIVE_INVALID = "archive_invalid"  # unreadable ZIP
+    ARCHIVE_LIMIT_EXCEEDED = "archive_limit_exceeded"  # zip bomb, too many members, too large
+    EMPTY_INPUT = "empty_input"
+    BRAIN_NOT_FOUND = "brain_not_found"  # preprocessing: skull stripping found no brain
+
+
+class WarningCode(StrEnum):
+    """Accepted, but reported in ``input.warnings``."""
+
+    GANTRY_TILT_CORRECTED = "gantry_tilt_corrected"
+    NON_UNIFORM_SPACING_RESAMPLED = "non_uniform_spacing_resampled"
+    DUPLICATES_REMOVED = "duplicates_removed"
+    SKIPPED_OBJECTS = "skipped_objects"
+    LOSSY_COMPRESSION = "lossy_compression"
+    SERIES_CHOSEN_AUTOMATICALLY = "series_chosen_automatically"
+    FIELD_OF_VIEW_TRUNCATED = "field_of_view_truncated"
+
+
+@dataclass(frozen=True)
+class QualityWarning:
+    code: WarningCode
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": str(self.code), "message": self.message, "details": self.details}
+
+
+class IngestionError(Exception):
+    """A refusal: the input cannot be analysed. ``message`` must never contain patient identifiers."""
+
+    def __init__(self, code: RefusalCode, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.code = RefusalCode(code)
+        self.message = message
+        self.details = details or {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": str(self.code), "message": self.message, "details": self.details}
