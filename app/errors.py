@@ -30,6 +30,7 @@ class RefusalCode(StrEnum):
     ARCHIVE_LIMIT_EXCEEDED = "archive_limit_exceeded"  # zip bomb, too many members, too large
     EMPTY_INPUT = "empty_input"
     BRAIN_NOT_FOUND = "brain_not_found"  # preprocessing: skull stripping found no brain
+    UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"  # only enhanced multi-frame CT (not supported) was found
 
 
 class WarningCode(StrEnum):

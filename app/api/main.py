@@ -1,0 +1,91 @@
+"""FastAPI application factory: ``create_app(settings)``.
+
+Start-up loads the weights through the registry (checksums verified) and runs a warm-up pass in a
+background thread, so ``/health/live`` answers at once and ``/health/ready`` turns 200 only when the model is
+loaded and warm. Shutdown (after uvicorn has drained in-flight requests on SIGTERM) stops the worker pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, Response
+
+from app.api.logging_config import configure_logging, request_id_var
+from app.api.metrics import ServiceMetrics
+from app.api.problems import install_problem_handlers
+from app.api.routes import include_routes
+from app.api.security import ApiKeyAuth
+from app.api.service import PredictionService
+from app.api.settings import ServiceSettings
+from app.inference import Predictor
+
+log = logging.getLogger("app.api")
+
+
+def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
+    """Build the service. ``predictor`` (tests, embedding) skips loading from ``settings.weights_dir``."""
+    settings = settings or ServiceSettings()
+    configure_logging(settings.log_level)
+    metrics = ServiceMetrics()
+    service = PredictionService(settings, metrics)
+    auth = ApiKeyAuth(settings.api_key_entries())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.get_running_loop().run_in_executor(None, service.load, predictor)
+        try:
+            yield
+        finally:
+            await loader
+            service.close()
+            log.info("service stopped")
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="ICH expansion service",
+        version="0.1.0",
+        description="Early haematoma expansion and haematoma volume from a baseline non-contrast head CT "
+        "(research use only).",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    install_problem_handlers(app)
+    include_routes(app, Depends(auth))
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):  # type: ignore[no-untyped-def]
+        rid = request.headers.get("x-request-id", "")
+        if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
+            rid = uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        request.state.request_id = rid
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response: Response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = rid
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - t0
+            metrics.requests.labels(template, request.method, str(status)).inc()
+            metrics.request_latency.labels(template).observe(elapsed)
+            if not template.startswith(("/health", "/v2/health", "/metrics")):
+                log.info("request", extra={"method": request.method, "route": template, "status": status,
+                                           "duration_ms": round(elapsed * 1000, 1)})
+            request_id_var.reset(token)
+
+    return app

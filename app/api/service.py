@@ -1,0 +1,235 @@
+"""The prediction pipeline behind the API: admission control, thread pools and the single model worker.
+
+* At most ``max_in_flight`` prediction requests are admitted (upload to stored result); others get 503 with
+  ``Retry-After`` at once, so memory stays bounded and nothing piles up.
+* Reading/decoding DICOM, preprocessing, inverse mapping and file rendering run in a thread pool of
+  ``preprocess_threads`` (off the event loop, so health checks stay responsive).
+* The model runs in one dedicated thread per device, so the next request's preprocessing overlaps the current
+  forward pass. A CUDA out-of-memory error fails only that request (503 ``out_of_memory``).
+* Work is a task that owns its admission slot and temp folder: a request that times out answers 503 at once,
+  and its slot and files are released when the work really stops (after the current stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from app.api.metrics import ServiceMetrics
+from app.api.problems import Problem
+from app.api.settings import ServiceSettings
+from app.api.store import ResultStore
+from app.api.uploads import Upload
+from app.inference import EXPANSION_DEFINITION, InferenceOutOfMemory, PredictionResult, Predictor
+
+log = logging.getLogger("app.api.service")
+
+
+@dataclass
+class Job:
+    upload: Upload
+    series_instance_uid: str | None
+    onset_to_ct_hours: float | None
+    cancelled: bool = False
+
+
+class PredictionService:
+    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.store = ResultStore(settings.result_max_items, settings.result_max_bytes, settings.result_ttl_s)
+        self.predictor: Predictor | None = None
+        self.ready = False
+        self.not_ready_reason = "loading model"
+        self.cpu_pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="ich-cpu")
+        self.model_pool = ThreadPoolExecutor(1, thread_name_prefix="ich-model")
+        self._in_flight = 0
+        self._waiting_for_model = 0
+
+    # --- life cycle --------------------------------------------------------------------------------------
+    def load(self, predictor: Predictor | None = None) -> None:
+        """Load weights (checksums verified by the registry), warm up, then report ready. Blocking."""
+        s = self.settings
+        try:
+            t0 = time.perf_counter()
+            self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp)
+            if s.warmup_passes:
+                self.predictor.warm_up(s.warmup_passes)
+            info = self.predictor.model_summary()
+            self.metrics.model.info({k: str(v) for k, v in info.items()})
+            self.ready = True
+            self.metrics.ready.set(1)
+            log.info("model ready", extra={"model": info, "load_s": round(time.perf_counter() - t0, 3)})
+        except Exception as exc:
+            self.not_ready_reason = f"model failed to load: {type(exc).__name__}: {exc}"
+            log.error("model failed to load", extra={"error": str(exc), "error_type": type(exc).__name__})
+
+    def close(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        self.cpu_pool.shutdown(wait=True, cancel_futures=False)
+        self.model_pool.shutdown(wait=True, cancel_futures=False)
+
+    # --- admission ---------------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def try_admit(self) -> bool:
+        if self._in_flight >= self.settings.max_in_flight:
+            self.metrics.rejected.labels("capacity").inc()
+            return False
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        return True
+
+    def release(self) -> None:
+        self._in_flight -= 1
+        self.metrics.in_flight.set(self._in_flight)
+
+    def overloaded(self) -> Problem:
+        return Problem("overloaded", f"At most {self.settings.max_in_flight} predictions are processed at once",
+                       headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    # --- pipeline ----------------------------------------------------------------------------------------
+    async def _cpu(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.cpu_pool, lambda: fn(*args, **kwargs))
+
+    def _stage(self, timings: dict[str, float], name: str, start: float) -> None:
+        ms = round((time.perf_counter() - start) * 1000.0, 3)
+        timings[name] = ms
+        self.metrics.stage_latency.labels(name).observe(ms / 1000.0)
+
+    async def run(self, job: Job, base_url: str) -> dict[str, Any]:
+        """The whole pipeline for one admitted job; releases the slot and removes temp files at the end."""
+        from app.ingestion import ArchiveLimits, load_series
+
+        try:
+            predictor = self.predictor
+            assert predictor is not None
+            s = self.settings
+            limits = ArchiveLimits(
+                max_members=s.max_archive_members,
+                max_total_bytes=s.max_uncompressed_bytes,
+                max_compression_ratio=s.max_compression_ratio,
+            )
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            series = await self._cpu(
+                load_series, [str(p) for p in job.upload.files], series_instance_uid=job.series_instance_uid,
+                limits=limits,
+            )
+            self._stage(timings, "read", t0)
+            job.upload.cleanup()  # the instances are in memory now
+            self._check(job)
+            t0 = time.perf_counter()
+            prepared = await self._cpu(predictor.prepare, series)
+            self._stage(timings, "preprocess", t0)
+            self._check(job)
+            loop = asyncio.get_running_loop()
+            self._waiting_for_model += 1
+            self.metrics.inference_queue.set(self._waiting_for_model)
+            try:
+                raw = await loop.run_in_executor(self.model_pool, predictor.infer, prepared.tensor)
+            except InferenceOutOfMemory as exc:
+                self.metrics.oom.inc()
+                raise Problem("out_of_memory", str(exc), headers={"Retry-After": str(s.retry_after_s)}) from None
+            finally:
+                self._waiting_for_model -= 1
+                self.metrics.inference_queue.set(self._waiting_for_model)
+            timings["inference"] = raw.inference_ms
+            self.metrics.stage_latency.labels("inference").observe(raw.inference_ms / 1000.0)
+            self._check(job)
+            t0 = time.perf_counter()
+            result: PredictionResult = await self._cpu(predictor.finish, series, prepared, raw)
+            self._stage(timings, "postprocess", t0)
+            t0 = time.perf_counter()
+            files = await self._cpu(render_files, predictor, series, result)
+            self._stage(timings, "outputs", t0)
+            pid = uuid.uuid4().hex
+            body = build_response(pid, predictor, series, result, timings, job.onset_to_ct_hours, base_url)
+            self.store.put(pid, body, files)
+            stats = self.store.stats()
+            self.metrics.store_items.set(stats["items"])
+            self.metrics.store_bytes.set(stats["bytes"])
+            return body
+        finally:
+            job.upload.cleanup()
+            self.release()
+
+    @staticmethod
+    def _check(job: Job) -> None:
+        if job.cancelled:
+            raise asyncio.CancelledError
+
+
+def render_files(predictor: Predictor, series: Any, result: PredictionResult) -> dict[str, bytes]:
+    """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU)."""
+    import SimpleITK as sitk
+
+    from app.outputs import build_seg, mask_nifti_bytes, render_overlay_png, seg_bytes
+
+    w = predictor.weights
+    seg = build_seg(series.source_headers, result.source_slice_masks, algorithm_name=w.name,
+                    algorithm_version=w.version)
+    return {
+        "mask.nii.gz": mask_nifti_bytes(result.mask),
+        "seg.dcm": seg_bytes(seg),
+        "overlay.png": render_overlay_png(series.hu_array, sitk.GetArrayViewFromImage(result.mask),
+                                          series.spacing_zyx),
+    }
+
+
+def build_response(
+    pid: str,
+    predictor: Predictor,
+    series: Any,
+    result: PredictionResult,
+    timings: dict[str, float],
+    onset_to_ct_hours: float | None,
+    base_url: str,
+) -> dict[str, Any]:
+    """The JSON body (see :class:`app.api.schemas.PredictionResponse`)."""
+    w = predictor.weights
+    definition = str(w.manifest.get("expansion_definition", EXPANSION_DEFINITION)) if isinstance(
+        w.manifest, dict) else EXPANSION_DEFINITION
+    prefix = f"{base_url}/v1/predictions/{pid}"
+    timings = dict(timings)
+    timings["total"] = round(sum(v for k, v in timings.items()), 3)
+    return {
+        "id": pid,
+        "model": {"name": w.name, "version": w.version, "sha256": w.weights_sha256},
+        "input": {
+            "study_instance_uid": series.study_instance_uid,
+            "series_instance_uid": series.series_instance_uid,
+            "slice_count": len(series.slices),
+            "spacing_mm": [float(v) for v in series.spacing_zyx],
+            "onset_to_ct_hours": onset_to_ct_hours,
+            "warnings": [wr.as_dict() for wr in series.warnings],
+        },
+        "expansion": {
+            "probability": result.probability,
+            "threshold": result.threshold,
+            "predicted": bool(result.predicted),
+            "definition": definition,
+        },
+        "haematoma": {
+            "volume_ml": result.volume_ml,
+            "abc2_volume_ml": result.abc2_volume_ml,
+            "voxel_count": result.voxel_count,
+            "touches_fov_edge": result.touches_fov_edge,
+        },
+        "links": {
+            "self": prefix,
+            "mask_nifti": f"{prefix}/mask.nii.gz",
+            "seg_dicom": f"{prefix}/seg.dcm",
+            "overlay_png": f"{prefix}/overlay.png",
+        },
+        "timings_ms": timings,
+    }

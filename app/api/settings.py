@@ -1,0 +1,58 @@
+"""Service settings, read from environment variables with the prefix ``ICH_`` (or an env file).
+
+Example: ``ICH_DEVICE=cuda ICH_API_KEYS=sha256:9f86d0...,other-key python -m app serve``.
+Sizes are in bytes, durations in seconds. Every field is documented in docs/service.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ICH_", env_file=None, extra="ignore")
+
+    # --- model -------------------------------------------------------------------------------------------
+    weights_dir: Path = Field(Path("weights"), description="Folder holding registry.json and weight versions")
+    weights_version: str | None = Field(None, description="Weights version to serve; default: registry default")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="Mixed precision on CUDA")
+    warmup_passes: int = Field(1, ge=0, description="Forward passes on zeros before reporting ready")
+
+    # --- server ------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json")
+    log_level: str = "INFO"
+    shutdown_grace_s: float = Field(30.0, ge=0, description="How long SIGTERM waits for in-flight requests")
+
+    # --- security ----------------------------------------------------------------------------------------
+    api_keys: str = Field(
+        "", description="Comma-separated API keys or 'sha256:<hex>' hashes of keys; empty = no authentication"
+    )
+
+    # --- capacity ----------------------------------------------------------------------------------------
+    max_in_flight: int = Field(4, ge=1, description="Prediction requests admitted at once (upload to result)")
+    preprocess_threads: int = Field(2, ge=1, description="Threads for DICOM decoding and preprocessing")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After header of 503 answers")
+    request_timeout_s: float = Field(300.0, gt=0, description="Per-request time limit (upload + processing)")
+
+    # --- upload limits -----------------------------------------------------------------------------------
+    max_body_bytes: int = Field(1024**3, gt=0, description="Request body size, counted while streaming")
+    max_files: int = Field(5000, ge=1, description="Uploaded parts (files) per request")
+    max_archive_members: int = Field(5000, ge=1, description="DICOM instances + archive members in total")
+    max_uncompressed_bytes: int = Field(2 * 1024**3, gt=0, description="Total uncompressed bytes of archives")
+    max_compression_ratio: float = Field(200.0, gt=1, description="ZIP compression ratio (zip-bomb guard)")
+    upload_dir: Path | None = Field(None, description="Where uploads are spooled (default: system temp dir)")
+
+    # --- result store ------------------------------------------------------------------------------------
+    result_ttl_s: float = Field(3600.0, gt=0, description="How long results stay retrievable")
+    result_max_items: int = Field(200, ge=1, description="Results kept at most")
+    result_max_bytes: int = Field(512 * 1024**2, gt=0, description="Bytes of stored results and files at most")
+
+    def api_key_entries(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,0 +1,65 @@
+"""``python -m app predict INPUT... --out DIR``: one prediction without a server.
+
+Writes ``result.json`` (the same JSON as ``POST /v1/predictions``), ``mask.nii.gz``, ``seg.dcm`` and
+``overlay.png`` to ``--out``. Exit codes: 0 success, 2 input refused (the refusal JSON on stderr),
+3 weights could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="predict expansion + haematoma mask for one CT series",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, help="DICOM files, folders or ZIP archives")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--series-instance-uid", default=None, help="analyse this series when several are present")
+    p.add_argument("--onset-to-ct-hours", type=float, default=None, help="echoed in result.json")
+    p.add_argument("--weights-dir", type=Path, default=Path("weights"))
+    p.add_argument("--weights-version", default=None, help="default: the registry's default version")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.api.service import build_response, render_files
+    from app.errors import IngestionError
+    from app.inference import Predictor
+    from app.ingestion import load_series
+
+    try:
+        predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device)
+    except Exception as exc:  # WeightsError, missing folder, bad device
+        print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
+                          "message": str(exc)}), file=sys.stderr)
+        return 3
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        series = load_series([str(p) for p in args.inputs], series_instance_uid=args.series_instance_uid)
+        timings["read"] = round((time.perf_counter() - t0) * 1000, 3)
+        result = predictor.predict(series)
+    except IngestionError as exc:
+        print(json.dumps(exc.as_dict()), file=sys.stderr)
+        return 2
+    timings.update(result.timings_ms)
+    t0 = time.perf_counter()
+    files = render_files(predictor, series, result)
+    timings["outputs"] = round((time.perf_counter() - t0) * 1000, 3)
+    body = build_response(uuid.uuid4().hex, predictor, series, result, timings, args.onset_to_ct_hours, "")
+    body.pop("links")
+    body["files"] = sorted(["result.json", *files])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (args.out / name).write_bytes(data)
+    (args.out / "result.json").write_text(json.dumps(body, indent=2) + "\n")
+    print(json.dumps({"out": str(args.out), "probability": result.probability, "predicted": result.predicted,
+                      "volume_ml": result.volume_ml}))
+    return 0

@@ -1,0 +1,233 @@
+"""The inference core shared by ``python -m app predict`` and the HTTP service.
+
+:class:`Predictor` turns an :class:`~app.ingestion.types.IngestedSeries` (HU, LPS, z-y-x) into a
+:class:`PredictionResult`: the expansion probability, the haematoma mask on the analysis grid (the ingested
+series' regular grid, i.e. the original DICOM grid unless ingestion had to resample a tilted or unevenly spaced
+acquisition) and per source instance, and the volumetry. The work is split into three stages so that the
+service can run the CPU-heavy ones in a thread pool and the model in a single worker per device:
+
+``prepare`` (CPU: skull strip, resample, normalise) -> ``infer`` (device: forward pass) -> ``finish``
+(CPU: inverse mapping, threshold, volumetry). :meth:`Predictor.predict` runs all three in sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from app.ingestion.types import IngestedSeries
+
+log = logging.getLogger(__name__)
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+
+EXPANSION_DEFINITION = (
+    "Haematoma growth on the 20-24 h follow-up CT of > 6 mL absolute or > 33 % relative to the baseline "
+    "volume (Zhong et al., Stroke Vasc Neurol 2021)"
+)
+
+
+class InferenceOutOfMemory(RuntimeError):
+    """The device ran out of memory for this request; the predictor stays usable."""
+
+
+@dataclass
+class PreparedCase:
+    """Output of :meth:`Predictor.prepare`: the model input and what is needed to map results back."""
+
+    tensor: np.ndarray  # float32 (D, H, W) on the model grid
+    grid: sitk.Image  # model grid geometry (LPS)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RawPrediction:
+    """Output of :meth:`Predictor.infer`: probabilities on the model grid."""
+
+    probability_map: np.ndarray  # float32 (D, H, W), haematoma probability on the model grid
+    expansion_probability: float
+    inference_ms: float
+
+
+@dataclass
+class PredictionResult:
+    """Everything a client receives about one series. Holds no patient identifiers.
+
+    ``mask`` is uint8 {0, 1} on the analysis grid (same origin/spacing/direction as ``IngestedSeries.image``);
+    ``source_slice_masks`` is uint8 (n_instances, rows, columns), one frame per source instance in volume order.
+    Volumes are in mL, measured on the analysis grid.
+    """
+
+    probability: float
+    threshold: float
+    predicted: bool
+    mask: sitk.Image
+    source_slice_masks: np.ndarray
+    volume_ml: float
+    abc2_volume_ml: float
+    voxel_count: int
+    touches_fov_edge: bool
+    timings_ms: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able numbers (without the mask)."""
+        return {
+            "probability": self.probability,
+            "threshold": self.threshold,
+            "predicted": self.predicted,
+            "volume_ml": self.volume_ml,
+            "abc2_volume_ml": self.abc2_volume_ml,
+            "voxel_count": self.voxel_count,
+            "touches_fov_edge": self.touches_fov_edge,
+            "timings_ms": dict(self.timings_ms),
+        }
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when one is usable, else CPU; otherwise the named torch device."""
+    if requested == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available")
+    return device
+
+
+def _amp_dtype(device: torch.device, mode: AmpMode) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+class Predictor:
+    """Runs one model on one device. ``infer`` is serialised by a lock (one forward pass at a time per
+    device); ``prepare`` and ``finish`` are thread-safe and may run concurrently on other threads."""
+
+    def __init__(self, weights: Any, device: str | torch.device = "auto", amp: AmpMode = "auto"):
+        self.weights = weights
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.amp_dtype = _amp_dtype(self.device, amp)
+        self.plans = weights.plans
+        self.threshold = float(weights.threshold)
+        model = weights.model.eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model
+        self._lock = threading.Lock()
+        self.oom_count = 0
+
+    @classmethod
+    def from_registry(
+        cls, weights_dir: Any, version: str | None = None, device: str = "auto", amp: AmpMode = "auto"
+    ) -> Predictor:
+        """Load (and checksum-verify) weights through :func:`app.weights.registry.load_weights`."""
+        from app.weights.registry import load_weights
+
+        dev = resolve_device(device)
+        return cls(load_weights(weights_dir, version, str(dev)), dev, amp)
+
+    # --- stages -------------------------------------------------------------------------------------------
+    def prepare(self, series: IngestedSeries) -> PreparedCase:
+        """Skull strip, resample to the model grid and normalise (CPU). May raise ``IngestionError``
+        (``brain_not_found``)."""
+        from app.preprocessing import preprocess
+
+        t0 = time.perf_counter()
+        case = preprocess(series.image, self.plans)
+        return PreparedCase(tensor=case.tensor, grid=case.grid, timings_ms={"preprocess": _ms(t0)})
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.amp_dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
+                yield
+
+    def infer(self, tensor: np.ndarray) -> RawPrediction:
+        """One forward pass on the device (serialised). Raises :class:`InferenceOutOfMemory` on a CUDA OOM."""
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.ascontiguousarray(tensor, dtype=np.float32))[None, None]
+        with self._lock:
+            try:
+                x = x.to(self.device, non_blocking=True)
+                if self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                with torch.inference_mode(), self._autocast():
+                    seg, cls = self.model(x)
+                    seg_p = torch.sigmoid(seg.float())[0, 0]
+                    cls_p = torch.sigmoid(cls.float()).reshape(-1)[0]
+                prob_map = seg_p.contiguous().cpu().numpy().astype(np.float32, copy=False)
+                expansion = float(cls_p.item())
+            except torch.cuda.OutOfMemoryError as exc:
+                self.oom_count += 1
+                del x
+                torch.cuda.empty_cache()
+                raise InferenceOutOfMemory("the device ran out of memory for this series") from exc
+        return RawPrediction(prob_map, expansion, _ms(t0))
+
+    def finish(self, series: IngestedSeries, prepared: PreparedCase, raw: RawPrediction) -> PredictionResult:
+        """Map probabilities back to the analysis grid, threshold, and measure (CPU)."""
+        from app import volumetry
+        from app.preprocessing import mask_to_source_slices, probabilities_to_reference
+
+        t0 = time.perf_counter()
+        prob_ref = probabilities_to_reference(raw.probability_map, prepared.grid, series.image)
+        mask_arr = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
+        mask = sitk.GetImageFromArray(mask_arr)
+        mask.CopyInformation(series.image)
+        if not series.resampled and mask_arr.shape[0] == len(series.slices):
+            per_slice = mask_arr
+        else:
+            per_slice = np.asarray(mask_to_source_slices(mask, series.slices), dtype=np.uint8)
+        model_mask = (raw.probability_map >= self.plans.mask_threshold).astype(np.uint8)
+        timings = dict(prepared.timings_ms)
+        timings["inference"] = raw.inference_ms
+        result = PredictionResult(
+            probability=raw.expansion_probability,
+            threshold=self.threshold,
+            predicted=raw.expansion_probability >= self.threshold,
+            mask=mask,
+            source_slice_masks=per_slice,
+            volume_ml=float(volumetry.volume_ml(mask_arr, series.spacing_zyx)),
+            abc2_volume_ml=float(volumetry.abc2_volume_ml(mask_arr, series.spacing_zyx)),
+            voxel_count=int(mask_arr.sum(dtype=np.int64)),
+            touches_fov_edge=bool(volumetry.touches_fov_edge(model_mask)),
+            timings_ms=timings,
+        )
+        result.timings_ms["postprocess"] = _ms(t0)
+        return result
+
+    def predict(self, series: IngestedSeries) -> PredictionResult:
+        """All stages in sequence on the calling thread."""
+        prepared = self.prepare(series)
+        raw = self.infer(prepared.tensor)
+        return self.finish(series, prepared, raw)
+
+    def warm_up(self, repeats: int = 1) -> float:
+        """Run the forward pass on a zero tensor of the plans' matrix (allocator, cuDNN autotuning).
+        Returns the last pass's duration in ms."""
+        zeros = np.zeros(self.plans.matrix_zyx, dtype=np.float32)
+        last = 0.0
+        for _ in range(max(1, repeats)):
+            last = self.infer(zeros).inference_ms
+        return last
+
+    def model_summary(self) -> dict[str, Any]:
+        w = self.weights
+        return {"name": w.name, "version": w.version, "sha256": w.weights_sha256, "device": str(self.device)}

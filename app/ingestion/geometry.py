@@ -1,0 +1,233 @@
+"""Slice ordering, duplicates, gantry tilt, uneven spacing and the SimpleITK volume (LPS, mm).
+
+Conventions: ``r`` and ``c`` are the row and column direction cosines of ImageOrientationPatient (r points along a
+row, i.e. increasing column index = image x; c along a column = image y), ``n = r x c`` is the slice normal.
+A slice's distance along the normal is ``d = IPP . n``; slices are ordered by ``d`` (never InstanceNumber).
+The output volume has direction columns ``(r, c, n)``, spacing ``(PixelSpacing[1], PixelSpacing[0], dz)`` and
+is indexed (z, y, x) as a numpy array.
+
+Gantry tilt is detected from geometry alone: the in-plane offset of each slice's IPP from the first one
+(``(IPP_k - IPP_0) . r`` and ``. c``) is zero for an orthogonal stack and grows linearly with ``d`` under tilt;
+the tilt angle is ``atan(|in-plane offset| / d-range)``. Any in-plane offset larger than a tenth of a pixel, or
+spacing along the normal that deviates from the median by more than ``max(1 %, 0.05 mm)``, triggers resampling
+onto an orthogonal grid: every source slice is first shifted in-plane onto a common grid (SimpleITK, linear;
+the grid covers the union of all slices, outside is air), then slices are linearly interpolated along the normal
+onto planes spaced by the median spacing. A gap larger than twice the median spacing is missing data (refused).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from app.errors import IngestionError, QualityWarning, RefusalCode, WarningCode
+from app.ingestion.reading import AIR_HU, Instance
+from app.ingestion.types import SourceSlice
+
+POSITION_TOLERANCE_MM = 0.01
+SPACING_REL_TOLERANCE = 0.01
+SPACING_ABS_TOLERANCE_MM = 0.05
+MAX_GAP_FACTOR = 2.0
+SHIFT_TOLERANCE_PX = 0.1
+
+
+@dataclass
+class Volume:
+    image: sitk.Image
+    slices: list[SourceSlice]
+    instances: list[Instance]  # in volume order, after duplicate removal
+    resampled: bool
+    warnings: list[QualityWarning]
+
+
+def _inconsistent(message: str, **details: object) -> IngestionError:
+    return IngestionError(RefusalCode.INCONSISTENT_GEOMETRY, message, dict(details))
+
+
+def _unit_axes(orientation: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = np.asarray(orientation[:3], dtype=np.float64)
+    c = np.asarray(orientation[3:], dtype=np.float64)
+    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
+    if not (abs(nr - 1) < 1e-2 and abs(nc - 1) < 1e-2):
+        raise _inconsistent("ImageOrientationPatient does not hold unit vectors.")
+    r, c = r / nr, c / nc
+    if abs(float(r @ c)) > 1e-2:
+        raise _inconsistent("ImageOrientationPatient row and column directions are not orthogonal.")
+    c = c - (r @ c) * r  # remove rounding residue so that (r, c, n) is orthonormal
+    c /= np.linalg.norm(c)
+    return r, c, np.cross(r, c)
+
+
+def _same_pixels(a: Instance, b: Instance) -> bool:
+    if a.pixel_hash is not None and a.pixel_hash == b.pixel_hash:
+        return True
+    return a.hu is not None and b.hu is not None and np.array_equal(a.hu, b.hu)
+
+
+def _position(inst: Instance) -> np.ndarray:
+    return np.asarray([float(v) for v in inst.ds.ImagePositionPatient], dtype=np.float64)
+
+
+def _dedupe_positions(
+    ordered: list[Instance], positions: np.ndarray
+) -> tuple[list[Instance], np.ndarray, int]:
+    """Drop slices at the same position with identical pixels; refuse when the pixels differ."""
+    keep: list[int] = []
+    removed = 0
+    for k in range(len(ordered)):
+        if keep and np.linalg.norm(positions[k] - positions[keep[-1]]) < POSITION_TOLERANCE_MM:
+            if not _same_pixels(ordered[keep[-1]], ordered[k]):
+                raise IngestionError(
+                    RefusalCode.CONFLICTING_DUPLICATES,
+                    "Two images of the series lie at the same position but hold different pixels.",
+                    {"slice_index": len(keep) - 1},
+                )
+            removed += 1
+            continue
+        keep.append(k)
+    return [ordered[k] for k in keep], positions[keep], removed
+
+
+def _resample_in_plane(hu: np.ndarray, a: float, b: float, spacing_xy: tuple[float, float],
+                       reference: sitk.Image) -> np.ndarray:
+    """Shift one slice (in-plane coordinates (a, b) of its first pixel, mm) onto the common 2D grid."""
+    src = sitk.GetImageFromArray(hu)
+    src.SetOrigin((a, b))
+    src.SetSpacing(spacing_xy)
+    out = sitk.Resample(src, reference, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm: float | None = None) -> Volume:
+    """Order, de-duplicate and stack decoded instances (``hu`` filled) of one candidate into an LPS volume.
+
+    ``default_spacing_mm`` gives the z spacing of a single-slice volume (SliceThickness, else 1 mm).
+    """
+    first = instances[0]
+    orientation = tuple(float(v) for v in first.ds.ImageOrientationPatient)
+    r, c, n = _unit_axes(orientation)
+    spacing_rc = [tuple(float(v) for v in i.ds.PixelSpacing) for i in instances]
+    if any(abs(s[0] - spacing_rc[0][0]) > 1e-4 or abs(s[1] - spacing_rc[0][1]) > 1e-4 for s in spacing_rc):
+        raise _inconsistent("PixelSpacing differs between images of the series.")
+    row_spacing, col_spacing = spacing_rc[0]
+    if row_spacing <= 0 or col_spacing <= 0:
+        raise _inconsistent("PixelSpacing is not positive.")
+    rows, cols = first.hu.shape  # type: ignore[union-attr]
+
+    positions = np.stack([_position(i) for i in instances])
+    d = positions @ n
+    order = np.argsort(d, kind="stable")
+    ordered = [instances[k] for k in order]
+    ordered, positions, removed = _dedupe_positions(ordered, positions[order])
+    d = positions @ n
+    warnings: list[QualityWarning] = []
+    if removed:
+        warnings.append(QualityWarning(
+            WarningCode.DUPLICATES_REMOVED,
+            f"{removed} duplicate image(s) at an already present position with identical pixels were ignored.",
+            {"count": removed},
+        ))
+    if len(ordered) < min_slices:
+        raise IngestionError(
+            RefusalCode.TOO_FEW_SLICES,
+            f"The series has {len(ordered)} distinct slice(s); at least {min_slices} are required.",
+            {"n_slices": len(ordered), "min_slices": min_slices},
+        )
+
+    a = positions @ r
+    b = positions @ c
+    steps = np.diff(d)
+    resample = False
+    dz: float
+    if len(ordered) == 1:
+        dz = float(default_spacing_mm) if default_spacing_mm and default_spacing_mm > 0 else 1.0
+    else:
+        median = float(np.median(steps))
+        if median <= 0:
+            raise _inconsistent("Slice positions do not advance along the slice normal.")
+        largest = float(steps.max())
+        if largest > MAX_GAP_FACTOR * median:
+            k = int(steps.argmax())
+            raise IngestionError(
+                RefusalCode.MISSING_SLICES,
+                f"Slices are missing: a gap of {largest:.2f} mm between slices {k} and {k + 1} exceeds twice "
+                f"the median spacing of {median:.2f} mm.",
+                {"gap_mm": round(largest, 3), "median_spacing_mm": round(median, 3), "after_slice": k},
+            )
+        tolerance = max(SPACING_REL_TOLERANCE * median, SPACING_ABS_TOLERANCE_MM)
+        uneven = bool(np.any(np.abs(steps - median) > tolerance))
+        shift = np.hypot(a - a[0], b - b[0])
+        tilted = bool(shift.max() > SHIFT_TOLERANCE_PX * min(row_spacing, col_spacing))
+        if uneven:
+            dz = median
+            warnings.append(QualityWarning(
+                WarningCode.NON_UNIFORM_SPACING_RESAMPLED,
+                f"Slice spacing varies from {steps.min():.2f} to {largest:.2f} mm; the series was resampled "
+                f"to {median:.2f} mm along the slice normal.",
+                {"min_spacing_mm": round(float(steps.min()), 3), "max_spacing_mm": round(largest, 3),
+                 "output_spacing_mm": round(median, 4)},
+            ))
+        else:
+            dz = float((d[-1] - d[0]) / (len(d) - 1))
+        if tilted:
+            extent = float(d[-1] - d[0])
+            angle = math.degrees(math.atan2(float(shift.max()), extent)) if extent > 0 else 90.0
+            warnings.append(QualityWarning(
+                WarningCode.GANTRY_TILT_CORRECTED,
+                f"The slices are sheared by a gantry tilt of about {angle:.1f} degrees; the series was resampled "
+                "onto an orthogonal grid.",
+                {"tilt_deg": round(angle, 2)},
+            ))
+        resample = uneven or tilted
+
+    sx, sy = col_spacing, row_spacing
+    if not resample:
+        volume = np.empty((len(ordered), rows, cols), dtype=np.float32)
+        for k, inst in enumerate(ordered):
+            volume[k] = inst.hu
+        origin = positions[0]
+    else:
+        a0, b0 = float(a.min()), float(b.min())
+        width = int(round((float(a.max()) + (cols - 1) * sx - a0) / sx)) + 1
+        height = int(round((float(b.max()) + (rows - 1) * sy - b0) / sy)) + 1
+        reference = sitk.Image(width, height, sitk.sitkFloat32)
+        reference.SetOrigin((a0, b0))
+        reference.SetSpacing((sx, sy))
+        shifted = [
+            inst.hu if (width == cols and height == rows and abs(a[k] - a0) < 1e-6 and abs(b[k] - b0) < 1e-6)
+            else _resample_in_plane(inst.hu, float(a[k]), float(b[k]), (sx, sy), reference)  # type: ignore[arg-type]
+            for k, inst in enumerate(ordered)
+        ]
+        n_out = int(math.floor((d[-1] - d[0]) / dz + 1e-3)) + 1
+        targets = d[0] + dz * np.arange(n_out)
+        volume = np.empty((n_out, height, width), dtype=np.float32)
+        upper = np.clip(np.searchsorted(d, targets, side="left"), 1, len(d) - 1)
+        for j, t in enumerate(targets):
+            k1 = int(upper[j])
+            k0 = k1 - 1
+            w = float(np.clip((t - d[k0]) / (d[k1] - d[k0]), 0.0, 1.0))
+            np.multiply(shifted[k0], 1.0 - w, out=volume[j])
+            volume[j] += w * shifted[k1]
+        origin = a0 * r + b0 * c + d[0] * n
+
+    image = sitk.GetImageFromArray(volume)
+    image.SetOrigin(tuple(float(v) for v in origin))
+    image.SetSpacing((sx, sy, dz))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([r, c, n]).ravel()))
+    slices = [
+        SourceSlice(
+            sop_instance_uid=str(inst.ds.get("SOPInstanceUID", "")),
+            sop_class_uid=inst.sop_class_uid,
+            position=tuple(float(v) for v in positions[k]),  # type: ignore[arg-type]
+            row_direction=tuple(float(v) for v in r),  # type: ignore[arg-type]
+            column_direction=tuple(float(v) for v in c),  # type: ignore[arg-type]
+            pixel_spacing=(row_spacing, col_spacing),
+            rows=rows,
+            columns=cols,
+        )
+        for k, inst in enumerate(ordered)
+    ]
+    return Volume(image=image, slices=slices, instances=ordered, resampled=resample, warnings=warnings)

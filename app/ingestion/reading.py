@@ -1,0 +1,286 @@
+"""Parse DICOM headers, classify objects, decode pixels and convert to Hounsfield units.
+
+Classification (``classify``) decides, from the header only, whether an object is a candidate axial CT image
+slice or is skipped, and why. Skip reasons (reported as counts, never with identifiers):
+
+``not_dicom``           content is neither a Part 10 file nor a sane preamble-less dataset
+``directory``           DICOMDIR / Media Storage Directory (index files such as Philips DIRFILE)
+``no_pixel_data``       no (7FE0,0010) Pixel Data (structured reports, presentation states, ...)
+``non_ct_modality``     an image whose Modality is not CT (counted separately to refuse with ``not_ct``)
+``secondary_capture``   Secondary Capture SOP classes (screen captures, dose sheets) even when Modality is CT
+``other_sop_class``     any other SOP class that is not CT Image Storage
+``enhanced_multiframe`` Enhanced / Legacy Converted Enhanced CT (multi-frame): not supported, see below
+``localizer``           ImageType contains LOCALIZER (scouts, surviews)
+``derived_non_hu``      CT whose pixels are not HU (RescaleType other than HU/US, e.g. perfusion maps)
+
+Enhanced multi-frame CT is deliberately *not* supported: its geometry and rescale live in functional groups, the
+only sample available (a perfusion map) is not HU, and clinical NCCT heads are exported as single-frame CT Image
+Storage. When such objects are the only CT images the caller gets ``unsupported_sop_class``.
+
+HU conversion is per instance: ``HU = stored * RescaleSlope + RescaleIntercept`` with each file's own rescale
+(lossy re-encoders rewrite it), after mapping PixelPaddingValue (and PixelPaddingRangeLimit) to air (-1024 HU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from app.errors import IngestionError, RefusalCode
+from app.ingestion.sources import Member, has_dicom_preamble
+
+log = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float Pixel Data, Double Float Pixel Data
+
+# transfer syntaxes whose decoded pixels may differ from the original
+LOSSY_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.53",
+    "1.2.840.10008.1.2.4.55",
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 (possibly lossy)
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+}
+
+
+@dataclass
+class Instance:
+    """A parsed candidate object. ``ds`` holds the full dataset (pixel data still encoded)."""
+
+    label: str
+    ds: pydicom.Dataset
+    skip_reason: str | None = None
+    pixel_hash: str | None = None
+    hu: np.ndarray | None = field(default=None, repr=False)  # float32 (rows, cols), filled by decode_hu
+
+    @property
+    def transfer_syntax(self) -> str:
+        meta = getattr(self.ds, "file_meta", None)
+        ts = meta.get("TransferSyntaxUID") if meta is not None else None
+        return str(ts) if ts else "1.2.840.10008.1.2"
+
+    @property
+    def sop_class_uid(self) -> str:
+        uid = self.ds.get("SOPClassUID")
+        if uid is None and getattr(self.ds, "file_meta", None) is not None:
+            uid = self.ds.file_meta.get("MediaStorageSOPClassUID")
+        return str(uid) if uid else ""
+
+
+def _sane_preambleless(ds: pydicom.Dataset) -> bool:
+    """A forced parse of arbitrary bytes can 'succeed'; require valid UIDs in group 0008."""
+    sop_class = ds.get("SOPClassUID")
+    sop_uid = ds.get("SOPInstanceUID")
+    if not sop_class or not sop_uid:
+        return False
+    return UID(str(sop_class)).is_valid and UID(str(sop_uid)).is_valid
+
+
+def parse_member(member: Member) -> Instance | None:
+    """Parse one member (headers and still-encoded pixel data, read once). None when it is not DICOM."""
+    preamble = has_dicom_preamble(member.data)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(member.data), force=not preamble)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
+            AttributeError, IndexError, UnicodeDecodeError, OSError) as exc:
+        log.debug("member %s is not DICOM: %s", member.label, type(exc).__name__)
+        return None
+    if not preamble:
+        try:
+            if not _sane_preambleless(ds):
+                return None
+        except Exception:  # noqa: BLE001 - any parse failure of garbage means "not DICOM"
+            return None
+        if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    return Instance(member.label, ds)
+
+
+def _image_type(ds: pydicom.Dataset) -> list[str]:
+    value = ds.get("ImageType")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value.upper()]
+    return [str(v).upper() for v in value]
+
+
+def image_type(instance: Instance) -> list[str]:
+    return _image_type(instance.ds)
+
+
+def classify(instance: Instance) -> str | None:
+    """Return the skip reason for an object, or None when it is a candidate single-frame CT image slice."""
+    ds = instance.ds
+    sop_class = instance.sop_class_uid
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return "directory"
+    if not any(tag in ds for tag in PIXEL_DATA_TAGS):
+        return "no_pixel_data"
+    modality = str(ds.get("Modality", "")).upper()
+    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "secondary_capture"
+    if modality != "CT":
+        return "non_ct_modality"
+    if sop_class in ENHANCED_CT_CLASSES:
+        return "enhanced_multiframe"
+    if sop_class != CT_IMAGE_STORAGE:
+        return "other_sop_class"
+    if "LOCALIZER" in _image_type(ds):
+        return "localizer"
+    rescale_type = str(ds.get("RescaleType", "HU") or "HU").upper()
+    if rescale_type not in {"HU", "US"}:
+        return "derived_non_hu"
+    return None
+
+
+def transfer_syntax_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def check_decodable(transfer_syntax: str) -> None:
+    """Raise ``unsupported_transfer_syntax`` when no installed decoder handles the transfer syntax."""
+    uid = UID(transfer_syntax)
+    if not uid.is_compressed:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as exc:
+        raise IngestionError(
+            RefusalCode.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"Pixel data in transfer syntax {transfer_syntax_name(uid)} cannot be decoded by this service.",
+            {"transfer_syntax": str(uid), "name": uid.name},
+        ) from exc
+    if not decoder.is_available:
+        raise IngestionError(
+            RefusalCode.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"No decoder is installed for transfer syntax {transfer_syntax_name(uid)}.",
+            {"transfer_syntax": str(uid), "name": uid.name},
+        )
+
+
+def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Boolean mask of padding pixels (PixelPaddingValue, optionally up to PixelPaddingRangeLimit), or None."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    bits = int(ds.get("BitsAllocated", 16))
+
+    def signed(v: int) -> int:
+        # (0028,0120) is US or SS; a value read as unsigned for signed pixel data is re-interpreted
+        if int(ds.get("PixelRepresentation", 0)) == 1 and v >= 2 ** (bits - 1):
+            return v - 2**bits
+        return v
+
+    value = signed(int(ds.PixelPaddingValue))
+    if "PixelPaddingRangeLimit" in ds:
+        limit = signed(int(ds.PixelPaddingRangeLimit))
+        lo, hi = min(value, limit), max(value, limit)
+        return (stored >= lo) & (stored <= hi)
+    return stored == value
+
+
+def decode_hu(instance: Instance) -> np.ndarray:
+    """Decode one single-frame CT instance to HU (float32, shape (rows, columns)).
+
+    Raises ``unsupported_transfer_syntax`` (no decoder) or ``corrupt_pixel_data`` (the decoder failed or the
+    pixel data is truncated / of the wrong shape).
+    """
+    ds = instance.ds
+    ts = instance.transfer_syntax
+    check_decodable(ts)
+    try:
+        stored = ds.pixel_array
+    except NotImplementedError as exc:
+        raise IngestionError(
+            RefusalCode.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"Pixel data in transfer syntax {transfer_syntax_name(ts)} cannot be decoded by this service.",
+            {"transfer_syntax": ts},
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types (ValueError, RuntimeError, ...)
+        raise IngestionError(
+            RefusalCode.CORRUPT_PIXEL_DATA,
+            f"The pixel data of an image ({transfer_syntax_name(ts)}) is damaged or truncated and cannot be decoded.",
+            {"transfer_syntax": ts, "error": type(exc).__name__},
+        ) from exc
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if stored.shape != (rows, cols):
+        raise IngestionError(
+            RefusalCode.CORRUPT_PIXEL_DATA,
+            "An image decodes to a shape that does not match its Rows/Columns (multi-frame or colour data).",
+            {"decoded_shape": list(stored.shape), "rows": rows, "columns": cols},
+        )
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0:  # non-unit slopes (lossy re-encodings) are applied in float64 to keep HU exact
+        hu = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    else:
+        hu = stored.astype(np.float32)
+        if intercept != 0.0:
+            hu += np.float32(intercept)
+    padding = _padding_mask(ds, stored)
+    if padding is not None:
+        hu[padding] = AIR_HU
+    return hu
+
+
+def pixel_hash(instance: Instance) -> str:
+    """SHA-256 of the encoded pixel bytes (identifies byte-identical duplicates without decoding)."""
+    raw = instance.ds.get("PixelData") or b""
+    return hashlib.sha256(bytes(raw)).hexdigest()
+
+
+def decode_all(instances: Sequence[Instance], max_workers: int | None = None) -> None:
+    """Decode ``instances`` in a thread pool (the C decoders release the GIL); fills ``instance.hu``.
+
+    Transfer-syntax support is checked up front so that an unsupported syntax is reported as such rather than
+    as whichever decode error happens to surface first.
+    """
+    for ts in sorted({i.transfer_syntax for i in instances}):
+        check_decodable(ts)
+    if len(instances) == 1:
+        instances[0].hu = decode_hu(instances[0])
+        return
+    workers = max_workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for inst, hu in zip(instances, pool.map(decode_hu, instances), strict=True):
+            inst.hu = hu
+
+
+def is_lossy(instance: Instance) -> bool:
+    """True when the transfer syntax is lossy or the header says lossy compression was applied before."""
+    if instance.transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
+        return True
+    return str(instance.ds.get("LossyImageCompression", "00")).strip() == "01"
+
+
+def pixel_free_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A shallow copy of ``ds`` without pixel data (for DICOM SEG source references)."""
+    out = pydicom.Dataset()
+    for tag in ds.keys():
+        if int(tag) in PIXEL_DATA_TAGS:
+            continue
+        out.add(ds[tag])
+    if getattr(ds, "file_meta", None) is not None:
+        out.file_meta = ds.file_meta
+    return out

@@ -1,0 +1,277 @@
+"""The optimised inference runner: one model, one device, fixed-shape forward passes as fast as the device allows.
+
+:class:`InferenceRunner` takes the preprocessed model input (float32 numpy, shape (D, H, W), z-y-x on the model
+grid, brain z-scored) and returns ``(probability_map, expansion_probability)``: the haematoma probability on the
+same (D, H, W) grid as float32 numpy, and the expansion probability as a Python float. The sigmoids are computed
+on the device in float32, whatever the compute precision.
+
+What it does differently from the plain ``model.predict(torch.from_numpy(x)[None, None])``:
+
+* **channels-last 3D** (``torch.channels_last_3d``, NDHWC) weights and input. oneDNN's direct 3D convolutions
+  on CPU and cuDNN's on GPU are faster in that layout; on a 2-core AMD EPYC (AVX2) the 32x256x256 forward pass
+  took about half the time of NCDHW (bench/README.md).
+* **autocast** on CUDA: bfloat16 (or float16 where bf16 is unsupported) with the normalisations and sigmoids in
+  float32. On CPU the default is float32: without AVX-512-BF16/AMX, bf16 convolutions are emulated and slower.
+* **CUDA graphs** (``cuda_graphs=True``, CUDA only): the whole forward pass is captured once per input shape and
+  replayed, which removes the per-kernel launch overhead (a few ms per pass for this ~40-layer network).
+* **torch.compile** (``compile=True``): inductor on CPU or GPU. Off by default: the first call compiles for tens of
+  seconds, and on the CPU measured here it was not faster than oneDNN channels-last (bench/README.md).
+* **overlap**: on CUDA the device lock is held only while the work is *enqueued*. The host->device copy comes from
+  pinned memory and the device->host copy goes into pinned memory with ``non_blocking=True``; the caller waits
+  for its own result on a CUDA event after releasing the lock. So while request N's kernels run, request N+1's
+  CPU preprocessing (on another thread), pinning and enqueueing proceed, and the GPU never waits for the CPU
+  unless there is no work at all. :meth:`InferenceRunner.map_overlapped` does the same for a batch on one thread.
+
+Numerical agreement with the eager float32 NCDHW model (tests/test_runtime.py): float32 paths (CPU default)
+agree within 1e-4 on probabilities (observed ~1e-6); bf16 autocast on GPU is checked by bench/gpu_check.sh
+against the same 1e-3 probability / Dice >= 0.999 mask criteria used for the CPU path, and is not the default
+where that check fails (``autocast="off"`` restores float32).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+AutocastMode = Literal["auto", "bf16", "fp16", "off"]
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def resolve_autocast(device: torch.device, mode: AutocastMode | torch.dtype | None) -> torch.dtype | None:
+    """The autocast dtype for ``device``: ``None`` means plain float32.
+
+    ``"auto"``: bfloat16 on a CUDA device that supports it, float16 on older CUDA devices, float32 on CPU.
+    ``"bf16"``/``"fp16"`` force that dtype (bf16 on CPU is allowed but emulated and slow without AVX-512-BF16).
+    """
+    if mode is None or mode == "off":
+        return None
+    if isinstance(mode, torch.dtype):
+        if mode not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast dtype must be bfloat16 or float16, not {mode}")
+        return mode
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    if mode != "auto":
+        raise ValueError(f"unknown autocast mode {mode!r}")
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def configure_cpu_threads(num_threads: int | None) -> int:
+    """Set torch's intra-op thread count (``None`` keeps the current one) and return the count in effect.
+
+    PyTorch defaults to the number of physical cores, which measured best here; more threads than cores only
+    adds contention. Inter-op parallelism is not used by this model (a single chain of convolutions).
+    """
+    if num_threads is not None:
+        if num_threads < 1:
+            raise ValueError("num_threads must be >= 1")
+        torch.set_num_threads(int(num_threads))
+    return torch.get_num_threads()
+
+
+class InferenceRunner:
+    """Fixed-shape forward passes of a :class:`~app.model.unet.DualOutputUNet3D` (or any module returning
+    ``(seg_logits (N,1,D,H,W), cls_logits (N,1))``) on one device.
+
+    Thread-safe: any number of threads may call :meth:`run`; device work is serialised by an internal lock
+    (one forward pass at a time per device) while CPU-side staging happens outside it.
+
+    Args:
+        model: the network; it is put in eval mode and moved to ``device`` (in place, as ``nn.Module.to`` does).
+        device: ``torch.device`` or a string such as ``"cpu"`` / ``"cuda:0"``.
+        channels_last: use ``torch.channels_last_3d`` for weights and input.
+        autocast: see :func:`resolve_autocast` (default ``"auto"``: bf16 on CUDA, float32 on CPU).
+        compile: wrap the model in ``torch.compile`` (inductor). The first pass per shape compiles.
+        cuda_graphs: capture and replay the forward pass as a CUDA graph (ignored on CPU).
+        num_threads: CPU intra-op threads (``None``: leave torch's setting).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device | str,
+        *,
+        channels_last: bool = True,
+        autocast: AutocastMode | torch.dtype | None = "auto",
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device} requested but CUDA is not available")
+        self.channels_last = bool(channels_last)
+        self.autocast_dtype = resolve_autocast(self.device, autocast)
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self.compiled = bool(compile)
+        if self.device.type == "cpu":
+            configure_cpu_threads(num_threads)
+        model = model.eval().to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.model = model
+        self._forward_module: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
+            torch.compile(model, dynamic=False) if compile else model
+        )
+        self._lock = threading.Lock()
+        self._graphs: dict[tuple[int, ...], _CapturedGraph] = {}
+
+    # --- public API ---------------------------------------------------------------------------------------------
+    def __call__(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
+        return self.run(tensor)
+
+    def run(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
+        """One forward pass. ``tensor``: float32 (D, H, W) (other real dtypes are converted).
+
+        Returns the haematoma probability map, float32 (D, H, W), and the expansion probability in [0, 1].
+        """
+        x_host = self._to_host_tensor(tensor)
+        if self.device.type == "cuda":
+            return self._run_cuda(x_host)
+        with self._lock:
+            prob, cls = self._device_forward(self._to_layout(x_host))
+        return prob.numpy(), float(cls.item())
+
+    def map_overlapped(self, items: Iterable[T], prepare: Callable[[T], np.ndarray]) -> Iterator[
+            tuple[T, np.ndarray, float]]:
+        """Run ``prepare`` (CPU preprocessing, returning the (D, H, W) float32 input) for item k+1 on a helper
+        thread while item k's forward pass runs; yields ``(item, probability_map, expansion_probability)`` in
+        order. Exceptions from ``prepare`` or the forward pass propagate at that item."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+            iterator = iter(items)
+            pending: tuple[T, concurrent.futures.Future[np.ndarray]] | None = None
+            first = next(iterator, _SENTINEL)
+            if first is not _SENTINEL:
+                pending = (first, pool.submit(prepare, first))  # type: ignore[arg-type]
+            while pending is not None:
+                item, future = pending
+                tensor = future.result()
+                nxt = next(iterator, _SENTINEL)
+                pending = None if nxt is _SENTINEL else (nxt, pool.submit(prepare, nxt))  # type: ignore[arg-type]
+                prob, cls = self.run(tensor)
+                yield item, prob, cls
+
+    def warm_up(self, shape_zyx: tuple[int, int, int], repeats: int = 2) -> None:
+        """Run ``repeats`` passes on zeros of ``shape_zyx`` (allocator, oneDNN/cuDNN algorithm selection, graph
+        capture, compilation), so that the first real request is not the slow one."""
+        zeros = np.zeros(shape_zyx, dtype=np.float32)
+        for _ in range(max(1, repeats)):
+            self.run(zeros)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-able settings, for logs and benchmark reports."""
+        return {
+            "device": str(self.device),
+            "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"),
+            "channels_last_3d": self.channels_last,
+            "autocast": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "off",
+            "compile": self.compiled,
+            "cuda_graphs": self.cuda_graphs,
+            "cpu_threads": torch.get_num_threads(),
+        }
+
+    # --- internals ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _to_host_tensor(tensor: np.ndarray) -> torch.Tensor:
+        arr = np.asarray(tensor)
+        if arr.ndim != 3:
+            raise ValueError(f"expected a (D, H, W) volume, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"expected a real-valued volume, got dtype {arr.dtype}")
+        # no copy when the caller already passes C-contiguous float32 (the preprocessing output)
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        return torch.from_numpy(arr)[None, None]
+
+    def _to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        # for C == 1, NCDHW and NDHWC hold the same bytes; this only changes strides (no copy)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.autocast_dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+                yield
+
+    def _device_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass on a device tensor (N=1). Returns (prob (D,H,W) float32, cls prob () float32) on device."""
+        with torch.inference_mode(), self._autocast():
+            seg, cls = self._forward_module(x)
+        with torch.inference_mode():
+            prob = torch.sigmoid(seg[0, 0].float()).contiguous()
+            cls_p = torch.sigmoid(cls.float().reshape(-1)[0])
+        return prob, cls_p
+
+    def _run_cuda(self, x_host: torch.Tensor) -> tuple[np.ndarray, float]:
+        # CPU-side staging outside the lock: pinning lets the H2D copy run asynchronously
+        x_pinned = x_host.pin_memory()
+        shape = tuple(x_host.shape)
+        with self._lock:
+            stream = torch.cuda.current_stream(self.device)
+            if self.cuda_graphs:
+                graph = self._graphs.get(shape)
+                if graph is None:
+                    graph = self._graphs[shape] = _CapturedGraph(self, shape)
+                prob_dev, cls_dev = graph.replay(x_pinned)
+            else:
+                x_dev = self._to_layout(x_pinned.to(self.device, non_blocking=True))
+                prob_dev, cls_dev = self._device_forward(x_dev)
+            prob_host = torch.empty(prob_dev.shape, dtype=torch.float32, pin_memory=True)
+            cls_host = torch.empty((), dtype=torch.float32, pin_memory=True)
+            prob_host.copy_(prob_dev, non_blocking=True)
+            cls_host.copy_(cls_dev, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        # wait for this request only; other threads can enqueue meanwhile. x_pinned stays referenced (and so
+        # alive) until here, after the copy that reads it has run.
+        done.synchronize()
+        # copy out of pinned memory so callers do not hold page-locked buffers
+        return prob_host.numpy().copy(), float(cls_host.item())
+
+
+class _CapturedGraph:
+    """A CUDA graph of the forward pass for one input shape, with static input/output buffers.
+
+    Replays are serialised by the runner's lock; the D2H copies of a replay's outputs are enqueued on the same
+    stream before the next replay, so a later replay cannot overwrite outputs that are still being read.
+    """
+
+    def __init__(self, runner: InferenceRunner, shape: tuple[int, ...]):
+        device = runner.device
+        fmt = torch.channels_last_3d if runner.channels_last else torch.contiguous_format
+        self.static_x = torch.zeros(shape, device=device, dtype=torch.float32).contiguous(memory_format=fmt)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up passes (cuDNN autotuning, allocator) outside the capture
+            for _ in range(3):
+                runner._device_forward(self.static_x)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_prob, self.static_cls = runner._device_forward(self.static_x)
+        log.info("captured a CUDA graph of the forward pass for input shape %s", shape)
+
+    def replay(self, x_pinned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # copy_ handles the NCDHW (host) -> channels-last (device) strides; for C == 1 the bytes are identical
+        self.static_x.copy_(x_pinned, non_blocking=True)
+        self.graph.replay()
+        return self.static_prob, self.static_cls
+
+
+_SENTINEL = object()

@@ -1,0 +1,87 @@
+"""Binary DICOM Segmentation (highdicom) of the haematoma, referencing the analysed series.
+
+The SEG shares the study, patient and frame of reference of the source series and lists every source
+instance in its ReferencedSeriesSequence, with one frame per non-empty source slice (frames derived from the
+source image geometry: ImagePositionPatient / ImageOrientationPatient / PixelSpacing in LPS mm), so OHIF,
+3D Slicer and PACS viewers overlay it on the original images. The patient module is copied from the source
+headers because DICOM requires it to match; the SEG therefore contains whatever identifiers the source did and
+must be handled like the source images.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+MANUFACTURER = "ich-expansion"
+SEGMENT_LABEL = "Haematoma"
+
+
+def _algorithm(name: str, version: str) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=name, family=codes.cid7162.ArtificialIntelligence, version=version
+    )
+
+
+def build_seg(
+    source_headers: Sequence[pydicom.Dataset],
+    source_slice_masks: np.ndarray,
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    software_version: str = "0.1.0",
+    series_number: int = 9901,
+) -> pydicom.Dataset:
+    """Build a BINARY SEG.
+
+    ``source_headers`` are the pixel-free headers of the analysed instances in volume order
+    (``IngestedSeries.source_headers``); ``source_slice_masks`` is uint8 (n_instances, rows, columns) with frame
+    k belonging to ``source_headers[k]`` (``PredictionResult.source_slice_masks``).
+    """
+    masks = np.asarray(source_slice_masks)
+    if masks.ndim != 3 or masks.shape[0] != len(source_headers):
+        raise ValueError(
+            f"need one mask frame per source instance: masks {masks.shape}, {len(source_headers)} instances"
+        )
+    algorithm = _algorithm(algorithm_name, algorithm_version)
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Hemorrhage,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    binary = (masks > 0).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=list(source_headers),
+        pixel_array=binary,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=algorithm_name,
+        software_versions=software_version,
+        device_serial_number="0",
+        series_description="ICH haematoma segmentation (research use)",
+        content_label="HAEMATOMA",
+        content_description="Automatic haematoma segmentation",
+        # an all-empty result still yields a valid SEG with every frame present
+        omit_empty_frames=bool(binary.any()),
+    )
+    return seg
+
+
+def seg_bytes(seg: pydicom.Dataset) -> bytes:
+    """Serialise a SEG as a DICOM Part-10 file."""
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

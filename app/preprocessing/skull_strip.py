@@ -1,0 +1,197 @@
+"""Skull stripping of a non-contrast head CT with Otsu's method.
+
+The supplement of Zhong et al. (2021) says only "skull stripped by using Otsu's method". This module makes
+that concrete and reproducible:
+
+1. **Working copy.** The volume is block-averaged in-plane to about 1 mm (SimpleITK ``BinShrink``); choosing
+   the brain does not need sub-millimetre detail, and the morphology is ~4x cheaper.
+2. **Bone threshold (Otsu).** HU are clipped to ``settings.otsu_range_hu`` (default -100..1000 HU, so that the
+   air peak and metal do not dominate) and two Otsu thresholds are computed (SimpleITK
+   ``OtsuMultipleThresholds``; three classes: air/fat, soft tissue, bone). The upper threshold separates soft
+   tissue from bone; it is never allowed below the upper bound of ``settings.soft_tissue_hu``, so a dense
+   haematoma (50-90 HU) is never classed as bone.
+3. **Skull hull.** The bone mask is closed in-plane (2 mm) to bridge sutures and thin bone, and its holes are
+   filled slice by slice (axial). Voxels of the filled hull that are not bone are the intracranial cavity.
+4. **Brain candidate.** Soft tissue (``settings.soft_tissue_hu``, default -15..100 HU: CSF, grey and white
+   matter, acute blood) is eroded by a ball of ``settings.erosion_radius_mm`` (default 3 mm) to cut thin
+   bridges through the foramina and orbits, split into 6-connected components, and the largest component
+   lying mostly (>= 50 %) inside the skull hull is taken as the brain, then dilated back by the same ball within
+   the soft-tissue mask.
+5. **Holes and smoothing.** A 1-voxel in-plane opening removes spurs; the largest component is kept; holes are
+   filled in 3D and in every axial slice, so the ventricles, haematomas and calcifications (choroid plexus,
+   pineal gland: > 100 HU) stay inside the mask.
+6. **Full resolution.** The interior of the working-resolution region (eroded by one working voxel) is brain
+   as a whole, filled holes included; in a rim of one working voxel either side of its boundary the
+   full-resolution soft-tissue threshold decides, so the mask edge follows the image at full resolution.
+   The rim cannot reach the scalp: the skull lies in between.
+
+A volume in which no such component of at least ``settings.min_brain_volume_ml`` exists is refused with
+:attr:`~app.errors.RefusalCode.BRAIN_NOT_FOUND` (a body CT, a head CT without the skull in the field of view,
+an empty series). Binary morphology, labelling and hole filling use ``scipy.ndimage`` on the (z, y, x) arrays
+(3-10x faster than the equivalent SimpleITK filters on two CPU cores); the mask keeps the input's geometry
+(origin, spacing, direction: LPS, mm).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from app.errors import IngestionError, RefusalCode
+from app.preprocessing.plans import SkullStripSettings
+
+#: in-plane spacing (mm) of the working copy used for the component analysis
+_WORK_SPACING_MM = 1.0
+#: closing radius (mm, in-plane) applied to the bone mask before the skull hull is filled
+_BONE_CLOSING_MM = 2.0
+#: minimum fraction of a component's voxels inside the skull hull for it to count as intracranial
+_MIN_INSIDE_SKULL = 0.5
+_IN_PLANE_CROSS = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                            [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
+
+
+def _ball(radius_mm: float, spacing_zyx: tuple[float, float, float], in_plane_only: bool = False) -> np.ndarray:
+    """Boolean (z, y, x) structuring element: the voxels whose centres lie within ``radius_mm`` of the centre."""
+    radii = [0 if (in_plane_only and axis == 0) else int(np.floor(radius_mm / s)) for axis, s in enumerate(spacing_zyx)]
+    grids = np.meshgrid(*[np.arange(-r, r + 1) * s for r, s in zip(radii, spacing_zyx, strict=True)],
+                        indexing="ij", sparse=True)
+    return (sum(g**2 for g in grids) <= radius_mm**2 + 1e-9)
+
+
+def _fill_holes(mask: np.ndarray, slicewise: bool) -> np.ndarray:
+    """Fill the holes of a (z, y, x) mask: background regions not connected to the array's border.
+
+    ``slicewise=True`` fills every axial slice on its own (background 4-connected in-plane, the slice's four
+    edges are the border), so a ventricle cut open at the top of the scan is still filled; otherwise 3D with
+    6-connected background. One labelling pass, much faster than iterative hole filling.
+    """
+    structure = _IN_PLANE_CROSS if slicewise else ndimage.generate_binary_structure(3, 1)
+    labels, n = ndimage.label(~mask, structure=structure)
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[0] = True  # label 0 is the foreground itself
+    edges = [labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]]
+    if not slicewise:
+        edges += [labels[0], labels[-1]]
+    for edge in edges:
+        outside[edge] = True
+    return mask | ~outside[labels]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _bone_threshold(image: sitk.Image, settings: SkullStripSettings) -> float:
+    """Upper Otsu threshold (HU) of the clipped image: the soft-tissue/bone boundary."""
+    lo, hi = settings.otsu_range_hu
+    otsu = sitk.OtsuMultipleThresholdsImageFilter()
+    otsu.SetNumberOfThresholds(2)
+    otsu.SetNumberOfHistogramBins(256)
+    otsu.Execute(sitk.Clamp(image, sitk.sitkFloat32, lo, hi))
+    return float(max(max(otsu.GetThresholds()), settings.soft_tissue_hu[1]))
+
+
+def _not_found(message: str, details: dict | None = None) -> IngestionError:
+    return IngestionError(
+        RefusalCode.BRAIN_NOT_FOUND,
+        f"{message} Is this a non-contrast head CT covering the brain?",
+        details or {},
+    )
+
+
+def _select_brain(tissue: np.ndarray, hull: np.ndarray, spacing_zyx: tuple[float, float, float],
+                  settings: SkullStripSettings) -> np.ndarray:
+    """Largest eroded soft-tissue component lying mostly inside the skull hull, dilated back within tissue."""
+    ball = _ball(settings.erosion_radius_mm, spacing_zyx)
+    eroded = ndimage.binary_erosion(tissue, structure=ball) if ball.size > 1 else tissue
+    labels, n = ndimage.label(eroded)
+    if n == 0:
+        raise _not_found("Skull stripping found no soft tissue.")
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    inside = np.bincount(labels[hull], minlength=n + 1)
+    sizes[0] = 0
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    # erosion shrinks the brain: require half the plausible minimum volume before dilating back
+    min_voxels = 0.5 * settings.min_brain_volume_ml / voxel_ml
+    for label in np.argsort(sizes)[::-1]:
+        if sizes[label] < min_voxels:
+            break
+        if inside[label] >= _MIN_INSIDE_SKULL * sizes[label]:
+            component = labels == label
+            if ball.size > 1:
+                component = ndimage.binary_dilation(component, structure=ball)
+            return component & tissue
+    raise _not_found(
+        "No brain could be found inside a skull: skull stripping found no soft-tissue region of plausible size "
+        "enclosed by bone.",
+        {"min_brain_volume_ml": settings.min_brain_volume_ml},
+    )
+
+
+def brain_mask(image: sitk.Image, settings: SkullStripSettings | None = None) -> sitk.Image:
+    """Brain mask of a head CT by Otsu-based skull stripping (see the module docstring for the steps).
+
+    Args:
+        image: HU volume (any pixel type, any LPS geometry), axial slices along the image's third axis.
+        settings: skull-stripping parameters (``Plans.skull_strip``); :class:`SkullStripSettings` when None.
+
+    Returns:
+        sitk ``UInt8`` image on ``image``'s grid: 1 = brain (including ventricles, haematoma and intracranial
+        calcifications), 0 = everything else (air, scalp, skull, face, neck).
+
+    Raises:
+        IngestionError: ``brain_not_found`` when no plausible brain is enclosed by the skull.
+    """
+    settings = settings or SkullStripSettings()
+    if image.GetDimension() != 3:
+        raise ValueError("brain_mask expects a 3D image")
+    hu = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    sx, sy, _ = hu.GetSpacing()
+    fx, fy = max(1, int(round(_WORK_SPACING_MM / sx))), max(1, int(round(_WORK_SPACING_MM / sy)))
+    small = sitk.BinShrink(hu, [fx, fy, 1]) if fx * fy > 1 else hu
+    wx, wy, wz = small.GetSpacing()
+    spacing_zyx = (wz, wy, wx)
+
+    bone_hu = _bone_threshold(small, settings)
+    lo, hi = settings.soft_tissue_hu[0], min(settings.soft_tissue_hu[1], bone_hu)
+    arr = sitk.GetArrayViewFromImage(small)
+    bone = ndimage.binary_closing(arr >= bone_hu, structure=_ball(_BONE_CLOSING_MM, spacing_zyx, in_plane_only=True))
+    hull = _fill_holes(bone, slicewise=True) & ~bone
+    tissue = (arr >= lo) & (arr <= hi)
+
+    region = _select_brain(tissue, hull, spacing_zyx, settings)
+    region = _largest_component(ndimage.binary_opening(region, structure=_IN_PLANE_CROSS))
+    region = _fill_holes(_fill_holes(region, slicewise=False), slicewise=True)
+
+    if small is hu:
+        mask_arr = region
+    else:
+        interior = ndimage.binary_erosion(region, structure=_IN_PLANE_CROSS)
+        outer = ndimage.binary_dilation(region, structure=_IN_PLANE_CROSS)
+        zones = outer.astype(np.uint8) + interior  # 2 = interior, 1 = rim, 0 = outside
+        nz, ny, nx = zones.shape
+        size_x, size_y, _ = hu.GetSize()
+        # BinShrink maps full-resolution voxel i to working voxel i // f (trailing remainder -> last voxel)
+        yi = np.minimum(np.arange(size_y) // fy, ny - 1)
+        xi = np.minimum(np.arange(size_x) // fx, nx - 1)
+        zones_full = zones[:, yi[:, None], xi[None, :]]
+        full = sitk.GetArrayViewFromImage(hu)
+        mask_arr = (zones_full == 2) | ((zones_full == 1) & (full >= lo) & (full <= hi))
+
+    voxel_ml = float(np.prod(hu.GetSpacing())) / 1000.0
+    volume_ml = float(np.count_nonzero(mask_arr)) * voxel_ml
+    if volume_ml < settings.min_brain_volume_ml:
+        raise _not_found(
+            f"Skull stripping found only {volume_ml:.0f} mL of brain (at least "
+            f"{settings.min_brain_volume_ml:.0f} mL expected).",
+            {"brain_volume_ml": round(volume_ml, 1), "min_brain_volume_ml": settings.min_brain_volume_ml},
+        )
+    mask = sitk.GetImageFromArray(mask_arr.astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask

@@ -1,0 +1,201 @@
+"""One synthetic case: head phantom + haematoma + CT noise + clinical variables + follow-up volume.
+
+Determinism: case ``index`` of cohort ``seed`` draws from ``SeedSequence(seed, spawn_key=(index,))`` and is
+therefore identical whatever the cohort size. That sequence is split into independent child streams
+(clinical, scanner, anatomy, haematoma, noise, growth), so an override of one component (say the haematoma
+volume) leaves the others unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from model_training.labels import expansion_label
+from model_training.synthetic.anatomy import HeadParams, build_head, draw_head
+from model_training.synthetic.geometry import Grid
+from model_training.synthetic.growth import draw_baseline_volume_ml, draw_followup_ml, draw_onset_hours
+from model_training.synthetic.haematoma import render_haematoma
+from model_training.synthetic.markers import draw_markers, normalise_markers
+from model_training.synthetic.scanners import (
+    MATRIX,
+    SCANNERS_BY_KEY,
+    SLICE_THICKNESS_MM,
+    ScannerProfile,
+    draw_fov_mm,
+    draw_n_slices,
+    draw_scanner,
+    pixel_spacing_mm,
+)
+
+ADMISSION_RANGE = (dt.date(2012, 2, 1), dt.date(2019, 10, 31))  # the paper's recruitment period
+HU_MIN, HU_MAX = -1024, 3071
+ALLOWED_OVERRIDES = frozenset(
+    {"haematoma_volume_ml", "n_slices", "markers", "scanner", "fov_mm", "location", "onset_to_ct_hours", "noise_sd_hu"}
+)
+
+
+@dataclass
+class SyntheticCase:
+    """A rendered case. Arrays are (z, y, x); z increases superiorly (slice 0 is the most inferior).
+
+    ``origin_xyz`` is the LPS position (mm) of the centre of voxel (0, 0, 0); axial slices have identity
+    orientation (rows along +x = patient left, columns along +y = posterior).
+    """
+
+    seed: int
+    index: int
+    hu: np.ndarray  # int16 HU
+    mask: np.ndarray  # uint8 ground-truth parenchymal haematoma
+    structure_labels: np.ndarray  # uint8, see haematoma.STRUCTURE_LABELS
+    spacing_zyx: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    scanner: ScannerProfile
+    fov_mm: float
+    markers: dict[str, int]  # seven NCCT markers + "ivh"
+    location: str
+    side: str
+    baseline_volume_ml: float  # mask voxel count x voxel volume
+    followup_volume_ml: float
+    target_volume_ml: float
+    onset_to_ct_hours: float
+    admission_date: dt.date
+    acquisition_time: dt.time
+    brain_centroid_lps: tuple[float, float, float]
+    haematoma_centre_lps: tuple[float, float, float]
+    head: HeadParams = field(repr=False)
+
+    @property
+    def case_id(self) -> str:
+        return f"SYN{self.index + 1:04d}"
+
+    @property
+    def label(self) -> int:
+        return int(expansion_label(self.baseline_volume_ml, self.followup_volume_ml))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_zyx)) / 1000.0
+
+
+def case_seed_sequence(seed: int, index: int) -> np.random.SeedSequence:
+    if seed < 0 or index < 0:
+        raise ValueError("seed and index must be >= 0")
+    return np.random.SeedSequence(seed, spawn_key=(index,))
+
+
+def _scaled_head(head: HeadParams, factor: float) -> HeadParams:
+    return dataclasses.replace(
+        head,
+        semi_lr=head.semi_lr * factor,
+        semi_ant=head.semi_ant * factor,
+        semi_post=head.semi_post * factor,
+        semi_sup=head.semi_sup * factor,
+        semi_inf=head.semi_inf * factor,
+        floor_depth_mm=head.floor_depth_mm * factor,
+    )
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int, int], sd_hu: float) -> np.ndarray:
+    """CT-like noise with in-plane correlation: white Gaussian noise averaged over 2 x 2 pixels (correlation
+    length ~1 pixel, like a standard soft-tissue kernel); the sum of four unit-variance samples is halved, so the
+    standard deviation stays ``sd_hu``."""
+    nz, ny, nx = shape
+    white = rng.standard_normal((nz, ny + 1, nx + 1), dtype=np.float32)
+    out = white[:, :-1, :-1] + white[:, 1:, :-1]
+    out += white[:, :-1, 1:]
+    out += white[:, 1:, 1:]
+    out *= np.float32(sd_hu / 2.0)
+    return out
+
+
+def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
+    """Render case ``index`` of the cohort drawn with ``seed``.
+
+    Overrides (all optional): ``haematoma_volume_ml`` (target, mL), ``n_slices``, ``markers`` (dict, partial
+    allowed; completed with zeros and made consistent), ``scanner`` (a key of ``SCANNERS_BY_KEY``), ``fov_mm``,
+    ``location`` ("basal_ganglia", "thalamus", "lobar"), ``onset_to_ct_hours``, ``noise_sd_hu``.
+    """
+    unknown = set(overrides) - ALLOWED_OVERRIDES
+    if unknown:
+        raise TypeError(f"unknown override(s): {sorted(unknown)}")
+    streams = [np.random.default_rng(s) for s in case_seed_sequence(seed, index).spawn(6)]
+    r_clin, r_scan, r_anat, r_haem, r_noise, r_growth = streams
+
+    # clinical variables (drawn in a fixed order, then overridden)
+    markers = draw_markers(r_clin)
+    target_ml = draw_baseline_volume_ml(r_clin)
+    onset = draw_onset_hours(r_clin)
+    days = (ADMISSION_RANGE[1] - ADMISSION_RANGE[0]).days
+    admission = ADMISSION_RANGE[0] + dt.timedelta(days=int(r_clin.integers(0, days + 1)))
+    seconds = int(r_clin.integers(0, 86400))
+    acq_time = dt.time(seconds // 3600, (seconds // 60) % 60, seconds % 60)
+    if "markers" in overrides:
+        markers = normalise_markers(dict(overrides["markers"]))
+    target_ml = float(overrides.get("haematoma_volume_ml", target_ml))
+    onset = float(overrides.get("onset_to_ct_hours", onset))
+    if not 0.05 <= target_ml <= 200:
+        raise ValueError("haematoma_volume_ml must be within 0.05-200 mL")
+
+    # scanner and anatomy
+    scanner = draw_scanner(r_scan)
+    if "scanner" in overrides:
+        scanner = SCANNERS_BY_KEY[overrides["scanner"]]
+    n_slices = draw_n_slices(r_scan, scanner)
+    n_slices = int(overrides.get("n_slices", n_slices))
+    if not 20 <= n_slices <= 60:
+        raise ValueError("n_slices must be within 20-60")
+    head = draw_head(r_anat)
+    offset_xy = r_anat.uniform(-8.0, 8.0, 2)
+    centre_z = float(r_anat.uniform(-30.0, 30.0))
+    top_margin = float(r_anat.uniform(-2.0, 4.0))
+    hx, hy = head.half_extent_xy
+    needed = 2.0 * max(hx + abs(offset_xy[0]), hy + abs(offset_xy[1])) + 8.0
+    fov = float(overrides.get("fov_mm", draw_fov_mm(r_scan, scanner, needed)))
+    if fov < needed:  # the head must fit in the field of view
+        head = _scaled_head(head, (fov - 8.0) / (needed - 8.0))
+    head = dataclasses.replace(head, centre=(float(offset_xy[0]), float(offset_xy[1]), centre_z))
+
+    ps = pixel_spacing_mm(fov)
+    dz = SLICE_THICKNESS_MM
+    top = centre_z + head.semi_sup * float(np.cos(np.deg2rad(head.pitch_deg))) + top_margin
+    origin = (-(MATRIX - 1) * ps / 2.0, -(MATRIX - 1) * ps / 2.0, top - (n_slices - 1) * dz)
+    grid = Grid((n_slices, MATRIX, MATRIX), (dz, ps, ps), origin)
+
+    phantom = build_head(head, grid)
+    haem = render_haematoma(r_haem, grid, head, phantom, target_ml, markers, overrides.get("location"))
+    sd = float(overrides.get("noise_sd_hu", r_noise.uniform(4.0, 5.0)))
+    hu = phantom.hu
+    hu += _noise(r_noise, grid.shape, sd)
+    np.rint(hu, out=hu)
+    hu_i16 = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
+
+    voxel_ml = dz * ps * ps / 1000.0
+    baseline_ml = round(float(haem.mask.sum()) * voxel_ml, 4)
+    followup_ml = draw_followup_ml(r_growth, markers, baseline_ml, onset)
+    return SyntheticCase(
+        seed=seed,
+        index=index,
+        hu=hu_i16,
+        mask=haem.mask,
+        structure_labels=haem.labels,
+        spacing_zyx=(dz, ps, ps),
+        origin_xyz=origin,
+        scanner=scanner,
+        fov_mm=fov,
+        markers=markers,
+        location=haem.location,
+        side=haem.side,
+        baseline_volume_ml=baseline_ml,
+        followup_volume_ml=followup_ml,
+        target_volume_ml=target_ml,
+        onset_to_ct_hours=round(onset, 2),
+        admission_date=admission,
+        acquisition_time=acq_time,
+        brain_centroid_lps=phantom.brain_centroid,
+        haematoma_centre_lps=haem.centre_lps,
+        head=head,
+    )

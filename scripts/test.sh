@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's test command: set up (idempotent) and run lint + the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+.venv/bin/ruff check app model_training tests bench
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,202 @@
+"""End-to-end tests against a REAL uvicorn server (loopback port), with httpx and curl.
+
+The server serves a small deterministic random model (tests/service_fixtures.py) so that these tests run
+before trained default weights exist; numbers are compared across upload formats, not to ground truth.
+Budget: about 60 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+import io
+import shutil
+import signal
+import subprocess
+import zipfile
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("app.volumetry", reason="app.volumetry not present yet")
+
+from service_fixtures import ServerProcess, start_server, stow_body, write_phantom_series, zip_bytes  # noqa: E402
+
+TIMEOUT = httpx.Timeout(60.0)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    tmp = tmp_path_factory.mktemp("server")
+    srv = start_server(tmp, env={"ICH_MAX_IN_FLIGHT": "2", "ICH_MAX_BODY_BYTES": str(8 * 1024**2),
+                                 "ICH_MAX_COMPRESSION_RATIO": "50", "ICH_UPLOAD_DIR": str(tmp)})
+    yield srv
+    assert srv.stop() in (0, -signal.SIGTERM), srv.log_text()[-3000:]  # uvicorn re-raises SIGTERM
+    assert "service stopped" in srv.log_text()  # lifespan shutdown ran after draining
+    assert not list(tmp.glob("ich-upload-*")), "temporary upload folders left behind"
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return write_phantom_series(tmp_path_factory.mktemp("phantom") / "series", n_slices=20, size=96)
+
+
+def _multipart(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
+
+
+def _assert_ready(server: ServerProcess) -> None:
+    assert httpx.get(f"{server.base_url}/health/ready", timeout=10).status_code == 200
+
+
+def _problem(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["code"] == code and body["status"] == status and {"type", "title", "detail"} <= body.keys()
+    return body
+
+
+@pytest.fixture(scope="session")
+def multipart_result(server: ServerProcess, phantom: list[Path]) -> dict:
+    r = httpx.post(f"{server.base_url}/v1/predictions", files=_multipart(phantom),
+                   data={"onset_to_ct_hours": "2.5"}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_same_result_multipart_zip_stow(server: ServerProcess, phantom: list[Path], multipart_result: dict) -> None:
+    body = multipart_result
+    assert body["input"]["slice_count"] == len(phantom) and body["input"]["onset_to_ct_hours"] == 2.5
+    assert set(body["timings_ms"]) >= {"read", "preprocess", "inference", "postprocess"}
+    r_zip = httpx.post(f"{server.base_url}/v1/predictions", content=zip_bytes(phantom),
+                       headers={"Content-Type": "application/zip"}, timeout=TIMEOUT)
+    stow, ctype = stow_body(phantom)
+    r_stow = httpx.post(f"{server.base_url}/v1/predictions", content=stow, headers={"Content-Type": ctype},
+                        timeout=TIMEOUT)
+    for r in (r_zip, r_stow):
+        assert r.status_code == 200, r.text
+        other = r.json()
+        assert other["id"] != body["id"]
+        assert other["expansion"] == body["expansion"] and other["haematoma"] == body["haematoma"]
+        assert other["input"]["series_instance_uid"] == body["input"]["series_instance_uid"]
+    text = str(body)
+    assert "Phantom" not in text and "PHANTOM-0" not in text and "19700101" not in text
+
+
+def test_files_line_up_with_source(server: ServerProcess, phantom: list[Path], multipart_result: dict) -> None:
+    base = server.base_url
+    body = multipart_result
+    again = httpx.get(base + body["links"]["self"], timeout=TIMEOUT)
+    assert again.status_code == 200 and again.json() == body
+    nii = httpx.get(base + body["links"]["mask_nifti"], timeout=TIMEOUT)
+    assert nii.status_code == 200 and gzip.decompress(nii.content)[:4]
+    tmp = phantom[0].parent.parent / "mask.nii.gz"
+    tmp.write_bytes(nii.content)
+    mask = sitk.ReadImage(str(tmp))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(phantom[0].parent)))
+    ref = reader.Execute()
+    assert mask.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(mask.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(mask.GetDirection(), ref.GetDirection(), atol=1e-6)
+    assert int(sitk.GetArrayViewFromImage(mask).sum()) == body["haematoma"]["voxel_count"]
+    seg_r = httpx.get(base + body["links"]["seg_dicom"], timeout=TIMEOUT)
+    assert seg_r.headers["content-type"] == "application/dicom"
+    seg = hd.seg.segread(io.BytesIO(seg_r.content))
+    refs = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs == {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in phantom}
+    assert seg.FrameOfReferenceUID == pydicom.dcmread(phantom[0], stop_before_pixels=True).FrameOfReferenceUID
+    png = httpx.get(base + body["links"]["overlay_png"], timeout=TIMEOUT)
+    assert png.content[:4] == b"\x89PNG"
+    _problem(httpx.get(f"{base}/v1/predictions/unknown", timeout=TIMEOUT), 404, "not_found")
+    _problem(httpx.get(f"{base}/v1/predictions/unknown/seg.dcm", timeout=TIMEOUT), 404, "not_found")
+
+
+def test_bad_inputs_get_4xx(server: ServerProcess, phantom: list[Path], tmp_path: Path) -> None:
+    url = f"{server.base_url}/v1/predictions"
+    _problem(httpx.post(url, files=[("files", ("a.txt", b"hello, not dicom", "text/plain"))], timeout=TIMEOUT),
+             415, "not_dicom")
+    _problem(httpx.post(url, content=b"", headers={"Content-Type": "application/zip"}, timeout=TIMEOUT), 400,
+             "empty_input")
+    _problem(httpx.post(url, content=b"x", headers={"Content-Type": "text/plain"}, timeout=TIMEOUT), 415,
+             "unsupported_media_type")
+    truncated = phantom[0].read_bytes()[:-5000]
+    r = httpx.post(url, files=[("files", ("t.dcm", truncated, "application/dicom"))] + _multipart(phantom[1:]),
+                   timeout=TIMEOUT)
+    assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("application/problem+json")
+    mr = write_phantom_series(tmp_path / "mr", n_slices=4, size=32, modality="MR")
+    _problem(httpx.post(url, files=_multipart(mr), timeout=TIMEOUT), 422, "not_ct")
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.dcm", b"\0" * (20 * 1024**2))
+    _problem(httpx.post(url, content=bomb.getvalue(), headers={"Content-Type": "application/zip"},
+                        timeout=TIMEOUT), 413, "archive_limit_exceeded")
+    _problem(httpx.post(url, content=b"\0" * (9 * 1024**2), headers={"Content-Type": "application/zip"},
+                        timeout=TIMEOUT), 413, "body_too_large")
+    _problem(httpx.post(url, files=_multipart(phantom), data={"series_instance_uid": "1.2.3.4"},
+                        timeout=TIMEOUT), 422, "series_not_found")
+    _problem(httpx.post(url, files=_multipart(phantom), data={"onset_to_ct_hours": "soon"}, timeout=TIMEOUT),
+             422, "validation_error")
+    _assert_ready(server)
+
+
+def test_concurrency_bounded(server: ServerProcess, phantom: list[Path]) -> None:
+    payload = zip_bytes(phantom)
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(f"{server.base_url}/v1/predictions", content=payload,
+                          headers={"Content-Type": "application/zip"}, timeout=TIMEOUT)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(post, range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["Retry-After"]) > 0 and r.json()["code"] == "overloaded"
+    _assert_ready(server)
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=TIMEOUT).text
+    assert 'ich_rejected_total{reason="capacity"}' in metrics and "ich_stage_seconds_bucket" in metrics
+    assert "1.2.826" not in metrics  # no UIDs in labels
+
+
+def test_health_model_and_curl(server: ServerProcess, phantom: list[Path], tmp_path: Path) -> None:
+    for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(server.base_url + path, timeout=10).status_code == 200
+    model = httpx.get(f"{server.base_url}/v1/model", timeout=10).json()
+    assert model["parameter_count"] > 0 and "plans" in model and "threshold" in model
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl not installed")
+    # the README example: post every file of a folder, then save the mask
+    folder = phantom[0].parent
+    args = [a for p in sorted(folder.glob("*.dcm")) for a in ("-F", f"files=@{p}")]
+    out = subprocess.run([curl, "-sS", "--fail-with-body", *args, f"{server.base_url}/v1/predictions"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    import json
+
+    body = json.loads(out.stdout)
+    subprocess.run([curl, "-sS", "--fail", "-o", str(tmp_path / "mask.nii.gz"),
+                    server.base_url + body["links"]["mask_nifti"]], check=True, timeout=60)
+    assert sitk.ReadImage(str(tmp_path / "mask.nii.gz")).GetSize()[2] == len(phantom)
+
+
+def test_api_keys(tmp_path: Path, phantom: list[Path]) -> None:
+    srv = start_server(tmp_path, env={"ICH_API_KEYS": "s3cret", "ICH_WARMUP_PASSES": "0"})
+    try:
+        url = f"{srv.base_url}/v1/model"
+        _problem(httpx.get(url, timeout=10), 401, "unauthorized")
+        _problem(httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10), 401, "unauthorized")
+        _problem(httpx.post(f"{srv.base_url}/v1/predictions", files=_multipart(phantom[:2]), timeout=10), 401,
+                 "unauthorized")
+        assert httpx.get(url, headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+        assert httpx.get(f"{srv.base_url}/health/ready", timeout=10).status_code == 200
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM)

@@ -1,0 +1,90 @@
+"""Units of the API package: store, API keys, streaming upload parser, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from app.api.problems import Problem
+from app.api.security import ApiKeyAuth
+from app.api.settings import ServiceSettings
+from app.api.store import ResultStore
+from app.api.uploads import receive_upload
+
+
+def test_store_ttl_count_and_bytes() -> None:
+    now = [0.0]
+    store = ResultStore(max_items=2, max_bytes=10_000, ttl_s=10.0, clock=lambda: now[0])
+    store.put("a", {"id": "a"}, {"f": b"x" * 10})
+    store.put("b", {"id": "b"}, {})
+    store.put("c", {"id": "c"}, {})
+    assert store.get("a") is None and store.get("b") is not None  # count limit evicts the oldest
+    store.put("d", {"id": "d"}, {"f": b"x" * 7000})  # bytes limit evicts c
+    assert store.get("c") is None and store.get("d") is not None
+    now[0] = 11.0
+    assert store.get("d") is None and store.stats()["items"] == 0
+
+
+def test_api_keys_plain_and_hashed() -> None:
+    auth = ApiKeyAuth(["plain-key", "sha256:" + hashlib.sha256(b"hashed-key").hexdigest()])
+    assert auth.enabled
+    assert auth.check("plain-key") and auth.check("hashed-key")
+    assert not auth.check("wrong") and not auth.check(None) and not auth.check("")
+    assert ApiKeyAuth([]).check(None)
+    with pytest.raises(ValueError):
+        ApiKeyAuth(["sha256:abc"])
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICH_MAX_IN_FLIGHT", "7")
+    monkeypatch.setenv("ICH_API_KEYS", "a, b")
+    s = ServiceSettings()
+    assert s.max_in_flight == 7 and s.api_key_entries() == ["a", "b"]
+
+
+async def _chunks(data: bytes, size: int = 7):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def _receive(body: bytes, ctype: str, **kw):
+    kw.setdefault("max_body_bytes", 10_000)
+    kw.setdefault("max_files", 10)
+    return asyncio.run(receive_upload(ctype, None, _chunks(body), **kw))
+
+
+def test_multipart_form_parts_and_fields(tmp_path) -> None:
+    b = "BND"
+    body = (
+        f"--{b}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"../../etc/x.dcm\"\r\n\r\nAAAA\r\n"
+        f"--{b}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"y\"\r\n\r\nBB\r\n"
+        f"--{b}\r\nContent-Disposition: form-data; name=\"series_instance_uid\"\r\n\r\n1.2.3\r\n--{b}--\r\n"
+    ).encode()
+    up = _receive(body, f"multipart/form-data; boundary={b}", upload_dir=tmp_path)
+    try:
+        assert [p.read_bytes() for p in up.files] == [b"AAAA", b"BB"]
+        assert all(p.parent == up.directory for p in up.files)  # client file names never used on disk
+        assert up.fields == {"series_instance_uid": "1.2.3"}
+    finally:
+        up.cleanup()
+    assert not up.directory.exists()
+
+
+def test_upload_limits_clean_up(tmp_path) -> None:
+    with pytest.raises(Problem) as exc:
+        _receive(b"x" * 20_001, "application/zip", max_body_bytes=20_000, upload_dir=tmp_path)
+    assert exc.value.status == 413
+    with pytest.raises(Problem) as exc:
+        _receive(b"--B\r\nContent-Disposition: form-data; name=\"files\"\r\n\r\nAA", "multipart/form-data; boundary=B",
+                 upload_dir=tmp_path)
+    assert exc.value.status == 400
+    with pytest.raises(Problem) as exc:
+        _receive(b"hello", "text/plain", upload_dir=tmp_path)
+    assert exc.value.status == 415
+    parts = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\nX\r\n" for _ in range(3)) + b"--B--\r\n"
+    with pytest.raises(Problem) as exc:
+        _receive(parts, 'multipart/related; type="application/dicom"; boundary=B', max_files=2, upload_dir=tmp_path)
+    assert exc.value.code == "too_many_files"
+    assert list(tmp_path.iterdir()) == []  # every failed upload removed its folder
