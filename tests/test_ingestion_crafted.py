@@ -10,11 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_factory import make_ct_dataset, save, sphere_phantom, write_ct_series
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from app.errors import IngestionError, RefusalCode, WarningCode
 from app.ingestion import inspect_inputs, load_series
-from dicom_factory import make_ct_dataset, save, sphere_phantom, write_ct_series
 
 
 def codes(series) -> set[str]:

@@ -13,6 +13,15 @@ import SimpleITK as sitk
 from app.errors import QualityWarning
 
 
+class _ImageBufferOwner:
+    """Exposes a SimpleITK image's buffer through ``__array_interface__`` while holding a reference to it."""
+
+    def __init__(self, image: sitk.Image):
+        self._image = image
+        self._view = sitk.GetArrayViewFromImage(image)
+        self.__array_interface__ = self._view.__array_interface__
+
+
 @dataclass(frozen=True)
 class SourceSlice:
     """One original DICOM instance of the analysed series, in volume order.
@@ -83,5 +92,8 @@ class IngestedSeries:
 
     @property
     def hu_array(self) -> np.ndarray:
-        """HU as float32, shape (z, y, x); a view into SimpleITK's buffer, do not modify."""
-        return sitk.GetArrayViewFromImage(self.image)
+        """HU as float32, shape (z, y, x); a read-only view into SimpleITK's buffer, do not modify.
+
+        The view keeps ``image`` alive (a bare ``GetArrayViewFromImage`` view dangles once the image is freed,
+        e.g. ``load_series(...).hu_array``)."""
+        return np.asarray(_ImageBufferOwner(self.image))

@@ -51,12 +51,44 @@ _IN_PLANE_CROSS = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1
                             [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
 
 
-def _ball(radius_mm: float, spacing_zyx: tuple[float, float, float], in_plane_only: bool = False) -> np.ndarray:
-    """Boolean (z, y, x) structuring element: the voxels whose centres lie within ``radius_mm`` of the centre."""
-    radii = [0 if (in_plane_only and axis == 0) else int(np.floor(radius_mm / s)) for axis, s in enumerate(spacing_zyx)]
-    grids = np.meshgrid(*[np.arange(-r, r + 1) * s for r, s in zip(radii, spacing_zyx, strict=True)],
-                        indexing="ij", sparse=True)
-    return (sum(g**2 for g in grids) <= radius_mm**2 + 1e-9)
+def _ball_steps(radius_mm: float, spacing_zyx: tuple[float, float, float],
+                in_plane_only: bool = False) -> list[np.ndarray]:
+    """A ball of ``radius_mm`` as a sequence of 3x3x3 structuring elements (z, y, x).
+
+    Eroding (or dilating) with each element in turn equals one erosion with their Minkowski sum: alternating
+    a cross and a box gives the octagon (in 3D, the rhombicuboctahedron), the classic fast approximation of a
+    disc/ball. An axis takes part only for as many steps as ``radius_mm`` spans voxels along it, so thick
+    slices (5 mm) are not eroded across for a 3 mm radius.
+    """
+    radii = [0 if (in_plane_only and axis == 0) else int(round(radius_mm / s)) for axis, s in enumerate(spacing_zyx)]
+    steps = []
+    for i in range(max(radii)):
+        axes = [axis for axis in range(3) if i < radii[axis]]
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        if i % 2 == 0:  # cross: the centre and its face neighbours along the participating axes
+            structure[1, 1, 1] = True
+            for axis in axes:
+                index = [1, 1, 1]
+                for offset in (0, 2):
+                    index[axis] = offset
+                    structure[tuple(index)] = True
+        else:  # box over the participating axes
+            slices = tuple(slice(0, 3) if axis in axes else slice(1, 2) for axis in range(3))
+            structure[slices] = True
+        steps.append(structure)
+    return steps
+
+
+def _erode(mask: np.ndarray, steps: list[np.ndarray]) -> np.ndarray:
+    for structure in steps:
+        mask = ndimage.binary_erosion(mask, structure=structure)
+    return mask
+
+
+def _dilate(mask: np.ndarray, steps: list[np.ndarray]) -> np.ndarray:
+    for structure in steps:
+        mask = ndimage.binary_dilation(mask, structure=structure)
+    return mask
 
 
 def _fill_holes(mask: np.ndarray, slicewise: bool) -> np.ndarray:
@@ -108,8 +140,8 @@ def _not_found(message: str, details: dict | None = None) -> IngestionError:
 def _select_brain(tissue: np.ndarray, hull: np.ndarray, spacing_zyx: tuple[float, float, float],
                   settings: SkullStripSettings) -> np.ndarray:
     """Largest eroded soft-tissue component lying mostly inside the skull hull, dilated back within tissue."""
-    ball = _ball(settings.erosion_radius_mm, spacing_zyx)
-    eroded = ndimage.binary_erosion(tissue, structure=ball) if ball.size > 1 else tissue
+    ball = _ball_steps(settings.erosion_radius_mm, spacing_zyx)
+    eroded = _erode(tissue, ball)
     labels, n = ndimage.label(eroded)
     if n == 0:
         raise _not_found("Skull stripping found no soft tissue.")
@@ -124,9 +156,7 @@ def _select_brain(tissue: np.ndarray, hull: np.ndarray, spacing_zyx: tuple[float
             break
         if inside[label] >= _MIN_INSIDE_SKULL * sizes[label]:
             component = labels == label
-            if ball.size > 1:
-                component = ndimage.binary_dilation(component, structure=ball)
-            return component & tissue
+            return _dilate(component, ball) & tissue
     raise _not_found(
         "No brain could be found inside a skull: skull stripping found no soft-tissue region of plausible size "
         "enclosed by bone.",
@@ -161,13 +191,28 @@ def brain_mask(image: sitk.Image, settings: SkullStripSettings | None = None) ->
     bone_hu = _bone_threshold(small, settings)
     lo, hi = settings.soft_tissue_hu[0], min(settings.soft_tissue_hu[1], bone_hu)
     arr = sitk.GetArrayViewFromImage(small)
-    bone = ndimage.binary_closing(arr >= bone_hu, structure=_ball(_BONE_CLOSING_MM, spacing_zyx, in_plane_only=True))
+    # work inside the head's in-plane bounding box (anything denser than fat), with an air margin so that the
+    # array border stays "outside" for hole filling: typically halves the voxels of a 250 mm field of view
+    head = arr > settings.otsu_range_hu[0]
+    if not head.any():
+        raise _not_found("The image contains no tissue.")
+    margin = 2 + len(_ball_steps(settings.erosion_radius_mm, spacing_zyx))
+    box = tuple(
+        slice(max(0, int(idx[0]) - margin), min(n, int(idx[-1]) + margin + 1))
+        for idx, n in ((np.flatnonzero(head.any(axis=(0, 2))), arr.shape[1]),
+                       (np.flatnonzero(head.any(axis=(0, 1))), arr.shape[2]))
+    )
+    arr_box = arr[:, box[0], box[1]]
+    closing = _ball_steps(_BONE_CLOSING_MM, spacing_zyx, in_plane_only=True)
+    bone = _erode(_dilate(arr_box >= bone_hu, closing), closing)
     hull = _fill_holes(bone, slicewise=True) & ~bone
-    tissue = (arr >= lo) & (arr <= hi)
+    tissue = (arr_box >= lo) & (arr_box <= hi)
 
-    region = _select_brain(tissue, hull, spacing_zyx, settings)
-    region = _largest_component(ndimage.binary_opening(region, structure=_IN_PLANE_CROSS))
-    region = _fill_holes(_fill_holes(region, slicewise=False), slicewise=True)
+    region_box = _select_brain(tissue, hull, spacing_zyx, settings)
+    region_box = _largest_component(ndimage.binary_opening(region_box, structure=_IN_PLANE_CROSS))
+    region_box = _fill_holes(_fill_holes(region_box, slicewise=False), slicewise=True)
+    region = np.zeros(arr.shape, dtype=bool)
+    region[:, box[0], box[1]] = region_box
 
     if small is hu:
         mask_arr = region

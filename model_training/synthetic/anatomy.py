@@ -93,18 +93,18 @@ def draw_head(rng: np.random.Generator, scale: float = 1.0) -> HeadParams:
         semi_sup=float(rng.uniform(76, 84)) * s,
         semi_inf=float(rng.uniform(95, 110)) * s,
         scalp_mm=float(rng.uniform(4.0, 6.5)),
-        skull_mm=float(rng.uniform(6.0, 8.5)),
+        skull_mm=float(rng.uniform(5.0, 7.0)),
         csf_mm=float(rng.uniform(1.2, 3.5)),
         gm_mm=float(rng.uniform(4.0, 5.5)),
-        floor_depth_mm=float(rng.uniform(38, 46)) * s,
-        skull_base_mm=float(rng.uniform(7, 11)),
+        floor_depth_mm=float(rng.uniform(36, 44)) * s,
+        skull_base_mm=float(rng.uniform(5, 8)),
         ventricle_scale=float(rng.uniform(0.8, 1.5)),
-        hu_scalp=float(rng.uniform(45, 58)),
+        hu_scalp=float(rng.uniform(50, 65)),
         hu_cortical=float(rng.uniform(1100, 1500)),
         hu_diploe=float(rng.uniform(350, 650)),
         hu_csf=float(rng.uniform(2, 8)),
-        hu_gm=float(rng.uniform(38, 43)),
-        hu_wm=float(rng.uniform(27, 31)),
+        hu_gm=float(rng.uniform(39, 44)),
+        hu_wm=float(rng.uniform(28, 32)),
         hu_deep_gm=float(rng.uniform(34, 38)),
         hu_falx=float(rng.uniform(45, 70)),
         sulcal_phase=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 6)),  # type: ignore[arg-type]
@@ -193,7 +193,7 @@ def _render_box(p: HeadParams, grid: Grid, box: tuple[slice, slice, slice]):
 
     # cranial floor (head frame w): orbital roofs higher anteriorly, posterior fossa lower
     vr = v / np.float32(p.semi_ant)
-    w_floor = -np.float32(p.floor_depth_mm) + 14.0 * np.clip(-vr - 0.3, 0, 0.7) - 8.0 * np.clip(vr, 0, 1)
+    w_floor = -np.float32(p.floor_depth_mm) + 14.0 * np.clip(-vr - 0.3, 0, 0.7) - 14.0 * np.clip(vr - 0.1, 0, 1)
     d_floor = w_floor - w  # > 0 below the floor
     del vr, w_floor
     floor_active = d_floor > d_inner

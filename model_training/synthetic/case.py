@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from model_training.labels import expansion_label
 from model_training.synthetic.anatomy import HeadParams, build_head, draw_head
 from model_training.synthetic.geometry import Grid
@@ -151,7 +152,7 @@ def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
     head = draw_head(r_anat)
     offset_xy = r_anat.uniform(-8.0, 8.0, 2)
     centre_z = float(r_anat.uniform(-30.0, 30.0))
-    top_margin = float(r_anat.uniform(-2.0, 4.0))
+    top_margin = float(r_anat.uniform(-3.0, 2.0))
     hx, hy = head.half_extent_xy
     needed = 2.0 * max(hx + abs(offset_xy[0]), hy + abs(offset_xy[1])) + 8.0
     fov = float(overrides.get("fov_mm", draw_fov_mm(r_scan, scanner, needed)))

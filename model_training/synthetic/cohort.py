@@ -1,0 +1,149 @@
+"""Write a synthetic cohort: per case a DICOM series and/or NIfTI image, always the NIfTI ground-truth mask, a
+manifest CSV (the columns of docs/architecture.md plus ``image_nifti``) and ``cohort_summary.json``.
+
+Layout (paths in the manifest are relative to its folder)::
+
+    OUT/manifest.csv
+    OUT/cohort_summary.json
+    OUT/cases/SYN0001/dicom/IM0001.dcm ...
+    OUT/cases/SYN0001/image.nii.gz
+    OUT/cases/SYN0001/mask.nii.gz
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_training.synthetic.case import generate_case
+from model_training.synthetic.dicom_writer import write_dicom_series
+from model_training.synthetic.markers import FLAG_NAMES
+from model_training.synthetic.nifti_writer import write_nifti
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "case_id",
+    "image",
+    "mask",
+    "followup_volume_ml",
+    "followup_mask",
+    "baseline_volume_ml",
+    "admission_date",
+    "onset_to_ct_hours",
+    "hypodensity",
+    "black_hole",
+    "swirl",
+    "blend",
+    "fluid_level",
+    "irregular_shape",
+    "heterogeneous_density",
+    "ivh",
+    "label",
+    "scanner",
+)
+SYNTHETIC_EXTRA_COLUMNS: tuple[str, ...] = ("image_nifti",)
+FORMATS = ("dicom", "nifti")
+
+
+def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None]) -> dict[str, Any]:
+    seed, index, out_dir, formats, transfer_syntax = args
+    out = Path(out_dir)
+    case = generate_case(seed, index)
+    case_dir = out / "cases" / case.case_id
+    row: dict[str, Any] = {"case_id": case.case_id}
+    if "dicom" in formats:
+        write_dicom_series(case, case_dir / "dicom", transfer_syntax=transfer_syntax)
+    image_path, mask_path = write_nifti(case, case_dir, image="nifti" in formats)
+
+    def rel(path: Path) -> str:
+        return path.relative_to(out).as_posix()
+
+    row["image"] = rel(case_dir / "dicom") if "dicom" in formats else rel(image_path)
+    row["image_nifti"] = rel(image_path) if image_path is not None else ""
+    row["mask"] = rel(mask_path)
+    row["followup_volume_ml"] = f"{case.followup_volume_ml:.3f}"
+    row["followup_mask"] = ""
+    row["baseline_volume_ml"] = f"{case.baseline_volume_ml:.3f}"
+    row["admission_date"] = case.admission_date.isoformat()
+    row["onset_to_ct_hours"] = f"{case.onset_to_ct_hours:.2f}"
+    for name in FLAG_NAMES:
+        row[name] = int(case.markers[name])
+    row["label"] = case.label
+    row["scanner"] = case.scanner.model_name
+    # not written to the manifest, used for the summary
+    row["_location"] = case.location
+    return row
+
+
+def _summary(rows: Sequence[dict[str, Any]], seed: int, formats: Iterable[str]) -> dict[str, Any]:
+    n = len(rows)
+    base = np.array([float(r["baseline_volume_ml"]) for r in rows]) if n else np.zeros(0)
+    onset = np.array([float(r["onset_to_ct_hours"]) for r in rows]) if n else np.zeros(0)
+
+    def count(key: str, value: Any = 1) -> int:
+        return sum(1 for r in rows if r[key] == value)
+
+    return {
+        "n_cases": n,
+        "seed": seed,
+        "formats": list(formats),
+        "expansion": {"n": count("label"), "prevalence": count("label") / n if n else None},
+        "markers": {
+            name: {"n": count(name), "prevalence": count(name) / n if n else None} for name in FLAG_NAMES
+        },
+        "baseline_volume_ml": {
+            "mean": float(base.mean()) if n else None,
+            "sd": float(base.std(ddof=1)) if n > 1 else None,
+            "median": float(np.median(base)) if n else None,
+            "min": float(base.min()) if n else None,
+            "max": float(base.max()) if n else None,
+        },
+        "onset_to_ct_hours": {"mean": float(onset.mean()) if n else None},
+        "scanners": {s: count("scanner", s) for s in sorted({r["scanner"] for r in rows})},
+        "locations": {s: count("_location", s) for s in sorted({r["_location"] for r in rows})},
+        "admission_date_range": [min(r["admission_date"] for r in rows), max(r["admission_date"] for r in rows)]
+        if n
+        else None,
+    }
+
+
+def write_cohort(
+    n: int,
+    out_dir: str | Path,
+    seed: int,
+    formats: Sequence[str] = FORMATS,
+    workers: int = 1,
+    transfer_syntax: str | None = None,
+) -> Path:
+    """Generate cases 0..n-1 of cohort ``seed`` into ``out_dir``; return the manifest path.
+
+    ``formats``: any of "dicom" (the manifest's ``image`` is the DICOM folder) and "nifti" (``image_nifti``; also
+    ``image`` when DICOM is not written). The NIfTI mask is always written. ``workers`` > 1 uses processes;
+    the output does not depend on it.
+    """
+    formats = tuple(formats)
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if not formats or set(formats) - set(FORMATS):
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(seed, i, str(out), formats, transfer_syntax) for i in range(n)]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(_write_one, jobs))
+    else:
+        rows = [_write_one(job) for job in jobs]
+    manifest = out / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*MANIFEST_COLUMNS, *SYNTHETIC_EXTRA_COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = _summary(rows, seed, formats)
+    (out / "cohort_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return manifest
