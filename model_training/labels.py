@@ -25,6 +25,12 @@ def expansion_label(
     if followup_ml < 0:
         raise ValueError(f"followup_ml must be >= 0, got {followup_ml!r}")
     growth = followup_ml - baseline_ml
-    if inclusive:
-        return growth >= abs_ml or growth >= rel * baseline_ml
-    return growth > abs_ml or growth > rel * baseline_ml
+    return _exceeds(growth, abs_ml, inclusive) or _exceeds(growth, rel * baseline_ml, inclusive)
+
+
+def _exceeds(value: float, threshold: float, inclusive: bool) -> bool:
+    """``value > threshold`` (``>=`` when inclusive); values within 1e-9 of the threshold count as equal, so
+    that floating-point rounding (13.3 - 10.0 = 3.3000000000000007) cannot flip a boundary case."""
+    if math.isclose(value, threshold, rel_tol=1e-9, abs_tol=1e-9):
+        return inclusive
+    return value > threshold

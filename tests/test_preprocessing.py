@@ -21,6 +21,7 @@ from app.preprocessing import (
     probabilities_to_reference,
     resample_label_to_model_grid,
 )
+from app.volumetry import touches_fov_edge, volume_ml
 
 SPACING_ZYX = (5.0, 0.488281, 0.488281)
 ORIGIN_LPS = (-118.3, -131.7, -42.5)
@@ -152,8 +153,13 @@ def test_preprocess_paper_plans_shape_range_and_zscore(phantom, case):
     assert 20.0 < case.brain_mean_hu < 40.0 and 3.0 < case.brain_sd_hu < 20.0
     # half of a roughly symmetric brain distribution lies above the mean
     assert 0.3 < positive.mean() < 0.7
-    # haematoma (70 HU) is the brightest structure: z = (70 - mean) / sd
-    assert case.tensor.max() == pytest.approx((70.0 - case.brain_mean_hu) / case.brain_sd_hu, rel=0.25)
+    # the haematoma (70 HU) maps to z = (70 - mean) / sd on average
+    label = sitk.GetImageFromArray(ndimage.binary_erosion(phantom.haematoma, iterations=2).astype(np.uint8))
+    label.CopyInformation(phantom.image)
+    haem = resample_label_to_model_grid(label, case.grid).astype(bool)
+    assert haem.sum() > 1000
+    expected = (70.0 - case.brain_mean_hu) / case.brain_sd_hu
+    assert float(case.tensor[haem].mean()) == pytest.approx(expected, rel=0.03)
     # outside the brain everything is background (0 after windowing and clipping of negatives)
     assert np.all(case.tensor[~ndimage.binary_dilation(brain, iterations=2)] == 0.0)
 
@@ -163,10 +169,13 @@ def test_fov_is_centred_on_the_brain_centroid(phantom, case):
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(mask)
     np.testing.assert_allclose(case.centre_lps, stats.GetCentroid(1), atol=1e-6)
-    grid_centre = case.grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in case.grid.GetSize()])
+    grid_centre = case.grid.TransformContinuousIndexToPhysicalPoint(
+        [(n - 1) / 2 for n in case.grid.GetSize()]
+    )
     np.testing.assert_allclose(grid_centre, case.centre_lps, atol=1e-6)
     image_centre = phantom.image.TransformContinuousIndexToPhysicalPoint(
-        [(n - 1) / 2 for n in phantom.image.GetSize()])
+        [(n - 1) / 2 for n in phantom.image.GetSize()]
+    )
     assert np.linalg.norm(np.subtract(image_centre, case.centre_lps)) > 5.0  # phantom head is off-centre
 
 
@@ -178,25 +187,60 @@ def test_preprocess_small_plans_and_linear_interpolation(phantom):
     assert out.tensor.dtype == np.float32 and out.tensor.min() >= 0.0
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+def _dilate(mask: np.ndarray, reach_zyx=(1, 1, 1)) -> np.ndarray:
+    return ndimage.binary_dilation(mask, structure=np.ones([2 * r + 1 for r in reach_zyx], bool))
 
 
-@pytest.mark.parametrize("direction", [None, rotation_direction(12.0, -20.0)])
-def test_round_trip_model_grid_mask_back_to_original_within_one_voxel(direction):
-    ph = head_phantom(direction=direction)
+def _one_model_voxel_reach(source: sitk.Image, grid: sitk.Image) -> tuple[int, int, int]:
+    """How many source voxels along each source axis (z, y, x) one model-grid voxel spans: the footprint of the
+    box of +-1 model voxel along the model axes, projected on the source axes. 1 on every axis when the grids
+    are parallel with similar spacing; more in-plane when the source is tilted against the 5 mm model slices."""
+    rotation = np.asarray(source.GetDirection()).reshape(3, 3).T @ np.asarray(grid.GetDirection()).reshape(
+        3, 3
+    )
+    reach_mm = np.abs(rotation) @ np.asarray(grid.GetSpacing())
+    reach = np.ceil(reach_mm / np.asarray(source.GetSpacing()) - 0.05).astype(int)  # 5 % slack for rounding
+    return tuple(int(v) for v in reach[::-1])
+
+
+@pytest.fixture(scope="module")
+def rotated_phantom() -> Phantom:
+    return head_phantom(direction=rotation_direction(12.0, -20.0))
+
+
+@pytest.fixture(scope="module")
+def rotated_case(rotated_phantom):
+    return preprocess(rotated_phantom.image, Plans())
+
+
+@pytest.mark.parametrize("which", ["axial", "rotated"])
+def test_round_trip_model_grid_mask_back_to_original_within_one_voxel(request, which):
+    """Truth mask -> model grid -> back onto the original grid lies within one voxel of the truth: one voxel
+    of the original grid per axis for an axial source, one model-grid voxel (projected onto the original
+    axes) for a source rotated by 12 degrees about x and -20 degrees about z."""
+    ph = request.getfixturevalue("phantom" if which == "axial" else "rotated_phantom")
+    out = request.getfixturevalue("case" if which == "axial" else "rotated_case")
     label = sitk.GetImageFromArray(ph.haematoma.astype(np.uint8))
     label.CopyInformation(ph.image)
-    out = preprocess(ph.image, Plans())
     model_mask = resample_label_to_model_grid(label, out.grid)
-    assert model_mask.shape == out.tensor.shape and model_mask.any()
+    assert model_mask.shape == out.tensor.shape and model_mask.dtype == np.uint8
+    assert not touches_fov_edge(model_mask)
     back = probabilities_to_reference(model_mask.astype(np.float32), out.grid, ph.image)
     assert back.shape == ph.haematoma.shape and back.dtype == np.float32
-    back_mask = back >= 0.5
-    truth = ph.haematoma
-    assert np.all(back_mask <= _dilate(truth)), "mapped-back voxels further than one voxel from the truth"
-    assert np.all(truth <= _dilate(back_mask)), "truth voxels further than one voxel from the mapped-back mask"
-    assert back_mask.sum() == pytest.approx(truth.sum(), rel=0.08)
+    reach = (1, 1, 1) if which == "axial" else _one_model_voxel_reach(ph.image, out.grid)
+    if which == "rotated":
+        assert max(reach[1:]) > 1  # the tilt mixes the 5 mm model slices into the in-plane axes
+    # compare inside the haematoma's bounding box (plus margin): the rest is empty in both
+    box = tuple(slice(max(0, int(i.min()) - 4), int(i.max()) + 5) for i in np.nonzero(ph.haematoma))
+    back_mask, truth = back[box] >= 0.5, ph.haematoma[box]
+    assert not (back >= 0.5).sum() - back_mask.sum()  # nothing outside the box
+    assert np.all(back_mask <= _dilate(truth, reach)), "mapped-back voxels more than one voxel from the truth"
+    assert np.all(truth <= _dilate(back_mask, reach)), (
+        "truth voxels more than one voxel from the mapped-back mask"
+    )
+    assert volume_ml(back_mask, ph.image.GetSpacing()[::-1]) == pytest.approx(
+        volume_ml(truth, ph.image.GetSpacing()[::-1]), rel=0.08
+    )
 
 
 def test_probabilities_outside_the_model_grid_are_zero(case, phantom):
@@ -233,48 +277,68 @@ def test_mask_to_source_slices_fast_path_is_identity(phantom):
 
 
 def test_mask_to_source_slices_on_tilted_acquisition():
-    """Source slices tilted by 15 degrees about x (gantry tilt), analysis grid orthogonal: every source pixel gets
-    the mask value at its own physical position."""
+    """Source slices tilted by 15 degrees about x (gantry tilt) against an orthogonal analysis grid: every source
+    pixel gets the mask value at its own physical position (within one analysis voxel at the boundary)."""
     ph = head_phantom(shape=(30, 128, 128), spacing=(5.0, 1.9, 1.9))
     mask = sitk.GetImageFromArray(ph.haematoma.astype(np.uint8))
     mask.CopyInformation(ph.image)
     tilt = np.deg2rad(15.0)
-    row_dir = (1.0, 0.0, 0.0)
-    col_dir = (0.0, np.cos(tilt), np.sin(tilt))
+    row_dir, col_dir = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(tilt), np.sin(tilt)])
     normal = np.cross(row_dir, col_dir)
-    spacing = 1.9
-    origin = np.array(ph.image.GetOrigin())
+    origin, pixel = np.array(ph.image.GetOrigin()), 1.9
+    positions = [origin + k * 5.0 * normal / normal[2] for k in range(30)]  # one slice every 5 mm along z
     slices = [
         SourceSlice(
-            sop_instance_uid=f"1.2.3.{k}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            position=tuple(origin + k * 5.0 * normal / normal[2]), row_direction=row_dir,
-            column_direction=tuple(col_dir), pixel_spacing=(spacing, spacing), rows=128, columns=128,
+            sop_instance_uid=f"1.2.3.{k}",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            position=tuple(p),
+            row_direction=tuple(row_dir),
+            column_direction=tuple(col_dir),
+            pixel_spacing=(pixel, pixel),
+            rows=128,
+            columns=128,
         )
-        for k in range(30)
+        for k, p in enumerate(positions)
     ]
     frames = mask_to_source_slices(mask, slices)
     assert frames.shape == (30, 128, 128) and frames.dtype == np.uint8
-    # analytic check at every pixel: the physical point falls in (or next to) the truth mask's voxel
-    inside = _dilate(ph.haematoma)
-    outside_far = ~_dilate(_dilate(ph.haematoma)) == False  # noqa: E712 - readable
-    k, r, c = np.nonzero(frames)
-    assert k.size > 0
-    pts = origin + np.outer(k * 5.0 / normal[2], normal) + np.outer(c * spacing, row_dir) + np.outer(r * spacing, col_dir)
-    idx = np.rint(
-        (pts - origin) / np.array(ph.image.GetSpacing())
-    ).astype(int)[:, ::-1]  # (z, y, x); identity direction
-    assert inside[tuple(idx.T)].all()
-    assert outside_far.any()
-    # and conversely: pixels whose centre is deep inside the truth are set
-    kk, rr, cc = np.meshgrid(np.arange(30), np.arange(128), np.arange(128), indexing="ij")
-    pts_all = (origin + (kk * 5.0 / normal[2])[..., None] * normal + (cc * spacing)[..., None] * np.array(row_dir)
-               + (rr * spacing)[..., None] * np.array(col_dir))
-    ci = np.rint((pts_all - origin) / np.array(ph.image.GetSpacing())).astype(int)[..., ::-1]
-    valid = np.all((ci >= 0) & (ci < np.array(ph.haematoma.shape)), axis=-1)
+
+    # physical position of every source pixel -> nearest voxel of the (identity-direction) analysis grid
+    k, r, c = np.meshgrid(np.arange(30), np.arange(128), np.arange(128), indexing="ij")
+    points = np.asarray(positions)[k] + (c * pixel)[..., None] * row_dir + (r * pixel)[..., None] * col_dir
+    index = np.rint((points - origin) / np.array(ph.image.GetSpacing())).astype(int)[..., ::-1]  # (z, y, x)
+    valid = np.all((index >= 0) & (index < np.array(ph.haematoma.shape)), axis=-1)
+    at = tuple(index[valid].T)
     core = ndimage.binary_erosion(ph.haematoma, structure=np.ones((3, 3, 3), bool))
-    deep = np.zeros(frames.shape, bool)
-    deep[valid] = core[tuple(ci[valid].T)]
-    assert deep.any() and frames[deep].all()
+    assert core[at].any()
+    assert frames[valid][core[at]].all(), "pixels deep inside the haematoma must be set"
+    assert not frames[valid][~_dilate(ph.haematoma)[at]].any(), "pixels away from the haematoma must be clear"
+    assert not frames[~valid].any()
+    # the tilted frames differ from the analysis slices (the planes are oblique), so no fast path was taken
+    assert not np.array_equal(frames, ph.haematoma.astype(np.uint8))
+
+
+def test_separable_bspline_matches_simpleitk_for_shared_rotated_direction():
+    """The fast separable cubic B-spline path equals SimpleITK's B-spline resampling (``orientation="source"``
+    with a rotated input), and so does the whole pipeline with the fallback path."""
+    from app.preprocessing.pipeline import _separable_bspline_resample, model_grid
+
+    rng = np.random.default_rng(11)
+    values = rng.normal(30.0, 10.0, (9, 40, 36)).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((0.49, 0.52, 5.0))
+    image.SetOrigin((-10.0, 4.0, 30.0))
+    image.SetDirection(rotation_direction(10.0, 25.0))
+    centre = image.TransformContinuousIndexToPhysicalPoint((17.0, 21.0, 4.0))
+    grid = model_grid(
+        centre, Plans(matrix_zyx=(8, 48, 40), fov_mm_zyx=(40.0, 22.0, 20.0)), image.GetDirection()
+    )
+    expected = sitk.GetArrayFromImage(
+        sitk.Resample(image, grid, sitk.Transform(), sitk.sitkBSpline, -1024.0, sitk.sitkFloat32)
+    )
+    got = _separable_bspline_resample(image, values, grid, -1024.0)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert (got == -1024.0).any() and (got != -1024.0).any()  # both inside and outside points were exercised
 
 
 def test_real_ge_head_series_skull_strip(shared_data):

@@ -46,6 +46,7 @@ def _write_cohort(root: Path) -> tuple[Path, dt.date]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_synth_train_evaluate_register_load(tmp_path, capsys):
     data = tmp_path / "cohort"
     data.mkdir()
@@ -53,7 +54,7 @@ def test_synth_train_evaluate_register_load(tmp_path, capsys):
     run, report, weights, cache = tmp_path / "run", tmp_path / "report", tmp_path / "weights", tmp_path / "cache"
     common = ["--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
     assert main(["train", "--manifest", str(manifest), "--preset", "smoke", "--out", str(run),
-                 "--cutoff", cutoff.isoformat(), "--threads", "2", *common]) == 0
+                 "--cutoff", cutoff.isoformat(), "--threads", "2", "--epochs", "1", *common]) == 0
     assert (run / "model.safetensors").exists() and (run / "metrics.csv").exists()
     test_ids = (run / "test_ids.txt").read_text().split()
     assert 0 < len(test_ids) < N_CASES

@@ -45,7 +45,11 @@ class Plans(BaseModel):
     centre: Literal["brain_centroid", "image_centre"] = "brain_centroid"
     # output axes: "identity" (LPS-aligned axial grid) or "source" (the input image's direction cosines)
     orientation: Literal["identity", "source"] = "identity"
-    background_hu: float = -1024.0  # value outside the brain after skull stripping and outside the input
+    # HU given to everything outside the brain after skull stripping and to points outside the input. 0 HU, the
+    # lower window bound, is identical to air after windowing, but leaves only the brain-to-CSF contrast (~30 HU)
+    # at the brain edge instead of a ~1050 HU step: the cubic B-spline (an interpolating, ringing kernel) would
+    # otherwise overshoot by up to ~100 HU into the outer millimetre of the brain and inflate its SD.
+    background_hu: float = 0.0
     window_hu: tuple[float, float] = (0.0, 100.0)
     normalisation: Literal["brain_zscore_clip_negative"] = "brain_zscore_clip_negative"
     skull_strip: SkullStripSettings = Field(default_factory=SkullStripSettings)

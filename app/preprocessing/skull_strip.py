@@ -47,20 +47,27 @@ _WORK_SPACING_MM = 1.0
 _BONE_CLOSING_MM = 2.0
 #: minimum fraction of a component's voxels inside the skull hull for it to count as intracranial
 _MIN_INSIDE_SKULL = 0.5
-_IN_PLANE_CROSS = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
-                            [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
+_IN_PLANE_CROSS = np.array(
+    [[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]],
+    dtype=bool,
+)
 
 
-def _ball_steps(radius_mm: float, spacing_zyx: tuple[float, float, float],
-                in_plane_only: bool = False) -> list[np.ndarray]:
+def _ball_steps(
+    radius_mm: float, spacing_zyx: tuple[float, float, float], in_plane_only: bool = False
+) -> list[np.ndarray]:
     """A ball of ``radius_mm`` as a sequence of 3x3x3 structuring elements (z, y, x).
 
     Eroding (or dilating) with each element in turn equals one erosion with their Minkowski sum: alternating
     a cross and a box gives the octagon (in 3D, the rhombicuboctahedron), the classic fast approximation of a
-    disc/ball. An axis takes part only for as many steps as ``radius_mm`` spans voxels along it, so thick
-    slices (5 mm) are not eroded across for a 3 mm radius.
+    disc/ball. An axis takes part for round(radius / spacing) steps: with 5 mm slices a 3 mm radius erodes
+    one slice, which on real scans (the GE head series of dcm_qa_ct) is what separates the brain from the
+    soft tissue of the face and neck through the skull base; without it the mask leaks into the neck.
     """
-    radii = [0 if (in_plane_only and axis == 0) else int(round(radius_mm / s)) for axis, s in enumerate(spacing_zyx)]
+    radii = [
+        0 if (in_plane_only and axis == 0) else int(round(radius_mm / s))
+        for axis, s in enumerate(spacing_zyx)
+    ]
     steps = []
     for i in range(max(radii)):
         axes = [axis for axis in range(3) if i < radii[axis]]
@@ -137,8 +144,12 @@ def _not_found(message: str, details: dict | None = None) -> IngestionError:
     )
 
 
-def _select_brain(tissue: np.ndarray, hull: np.ndarray, spacing_zyx: tuple[float, float, float],
-                  settings: SkullStripSettings) -> np.ndarray:
+def _select_brain(
+    tissue: np.ndarray,
+    hull: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    settings: SkullStripSettings,
+) -> np.ndarray:
     """Largest eroded soft-tissue component lying mostly inside the skull hull, dilated back within tissue."""
     ball = _ball_steps(settings.erosion_radius_mm, spacing_zyx)
     eroded = _erode(tissue, ball)
@@ -199,8 +210,10 @@ def brain_mask(image: sitk.Image, settings: SkullStripSettings | None = None) ->
     margin = 2 + len(_ball_steps(settings.erosion_radius_mm, spacing_zyx))
     box = tuple(
         slice(max(0, int(idx[0]) - margin), min(n, int(idx[-1]) + margin + 1))
-        for idx, n in ((np.flatnonzero(head.any(axis=(0, 2))), arr.shape[1]),
-                       (np.flatnonzero(head.any(axis=(0, 1))), arr.shape[2]))
+        for idx, n in (
+            (np.flatnonzero(head.any(axis=(0, 2))), arr.shape[1]),
+            (np.flatnonzero(head.any(axis=(0, 1))), arr.shape[2]),
+        )
     )
     arr_box = arr[:, box[0], box[1]]
     closing = _ball_steps(_BONE_CLOSING_MM, spacing_zyx, in_plane_only=True)

@@ -156,8 +156,16 @@ def build_head(params: HeadParams, grid: Grid, chunk_slices: int = 3) -> HeadPha
     vent = np.zeros(grid.shape, dtype=np.float32)
     z, y, x = grid.axes()
     sums = np.zeros(4)
+    # conservative in-plane half-extent of the head's cross-section at height dz above/below its centre
+    tilt = np.deg2rad(abs(params.pitch_deg) + abs(params.roll_deg))
+    slack = np.sin(tilt) * max(params.semi_ant, params.semi_post, params.semi_lr) + 6.0
     for k0 in range(crop[0].start, crop[0].stop, chunk_slices):
-        box = (slice(k0, min(k0 + chunk_slices, crop[0].stop)), crop[1], crop[2])
+        zs = z[k0 : min(k0 + chunk_slices, crop[0].stop)] - centre[2]
+        dz = 0.0 if zs.min() <= 0 <= zs.max() else float(np.abs(zs).min())
+        semi_z = params.semi_sup if zs.mean() > 0 else params.semi_inf
+        shrink = float(np.sqrt(max(0.0, 1.0 - (max(dz - slack, 0.0) / semi_z) ** 2)))
+        inner = grid.box_around(centre - [hx * shrink + 4, hy * shrink + 4, 0], centre + [hx * shrink + 4, hy * shrink + 4, 0])
+        box = (slice(k0, min(k0 + chunk_slices, crop[0].stop)), inner[1], inner[2])
         hu[box], par[box], vent[box], f_ic = _render_box(params, grid, box)
         sums += (
             float((f_ic.sum(axis=(0, 1)) * x[box[2]]).sum()),
@@ -215,10 +223,15 @@ def _render_box(p: HeadParams, grid: Grid, box: tuple[slice, slice, slice]):
     f_dip = np.minimum(f_dip, f_bone)
     del skull, d_inner, d_floor, f_below_base
 
-    # gyral pattern: sulci widen the CSF rim, gyri thicken the cortex
+    # gyral pattern: sulci widen the CSF rim, gyri thicken the cortex (separable in world axes: cheap)
     ph = p.sulcal_phase
-    s1 = np.sin(u * 0.21 + ph[0]) * np.sin(v * 0.17 + ph[1]) * np.sin(w * 0.19 + ph[2])
-    s2 = np.sin(u * 0.13 + ph[3]) * np.sin(v * 0.23 + ph[4]) * np.sin(w * 0.15 + ph[5])
+    zc, yc, xc = grid.axes(box)
+    s1 = (np.sin(zc * 0.19 + ph[2])[:, None, None] * np.sin(yc * 0.17 + ph[1])[None, :, None]) * np.sin(
+        xc * 0.21 + ph[0]
+    )[None, None, :]
+    s2 = (np.sin(zc * 0.15 + ph[5])[:, None, None] * np.sin(yc * 0.23 + ph[4])[None, :, None]) * np.sin(
+        xc * 0.13 + ph[3]
+    )[None, None, :]
     csf = np.float32(p.csf_mm) + 9.0 * np.clip(s1 - 0.45, 0, None)
     gm = np.float32(p.gm_mm) * (1.0 + 0.35 * s2)
     del s1, s2

@@ -70,6 +70,11 @@ class SyntheticCase:
     head: HeadParams = field(repr=False)
 
     @property
+    def origin(self) -> tuple[float, float, float]:
+        """Alias of ``origin_xyz``: LPS (mm) of the centre of voxel (0, 0, 0), as SimpleITK's GetOrigin()."""
+        return self.origin_xyz
+
+    @property
     def case_id(self) -> str:
         return f"SYN{self.index + 1:04d}"
 

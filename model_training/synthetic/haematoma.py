@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from model_training.synthetic.anatomy import LOCATIONS_HEAD_FRAME, HeadParams, HeadPhantom
 from model_training.synthetic.geometry import (
@@ -163,7 +164,8 @@ def render_haematoma(
     mask_box = frac >= 0.5
     if not mask_box.any():
         raise RuntimeError("haematoma fell outside the brain parenchyma")
-    depth = -d  # mm inside the margin
+    # mm inside the margin of the final (parenchyma-clipped) mask, so that encapsulated foci stay encapsulated
+    depth = ndimage.distance_transform_edt(mask_box, sampling=grid.spacing_zyx).astype(np.float32)
 
     labels_box = np.zeros(frac.shape, dtype=np.uint8)
     labels_box[mask_box] = STRUCTURE_LABELS["haematoma"]
@@ -215,9 +217,10 @@ def render_haematoma(
         paint(inside_fraction(dl, ramp_width(nzl, thick)), float(rng.uniform(30, 40)), "swirl")
     if markers["hypodensity"]:
         delta = float(rng.uniform(33, 45)) if markers["black_hole"] else float(rng.uniform(12, 24))
-        c = _unit(rng) * rng.uniform(0.0, 0.25) * scale
-        r = max(float(rng.uniform(0.25, 0.4)) * scale, 3.5)
-        dl, nzl = ellipsoid_distance(x1 - c[0], y1 - c[1], z1 - c[2], r, r * 0.85, r * 0.9)
+        c = _unit(rng) * rng.uniform(0.0, 0.2) * scale
+        # at least ~5 mm in-plane and ~7 mm in z, so that one 5 mm slice cuts through it fully
+        r = max(float(rng.uniform(0.3, 0.42)) * scale, 5.0)
+        dl, nzl = ellipsoid_distance(x1 - c[0], y1 - c[1], z1 - c[2], r, r * 0.85, max(r, 7.0))
         f = inside_fraction(dl, ramp_width(nzl, thick)) * inside_fraction(3.0 - depth, inplane)
         paint(f, rho - delta, "hypodense_focus")
 

@@ -34,10 +34,11 @@ def test_mutation_fuzz(server: FaultServer, canary_series: list[Path]) -> None:
             if time.monotonic() - t0 > TIME_BUDGET_S:
                 break
             case = make_case(SEED, n, files)
-            r = client.post("/v1/predictions", **case.request_kwargs())
             try:
+                r = client.post("/v1/predictions", **case.request_kwargs())
                 outcomes[check_answer(r)] += 1
-            except AssertionError as exc:
+            except (AssertionError, httpx.HTTPError) as exc:
+                outcomes[f"error:{type(exc).__name__}"] += 1
                 failures.append(f"{case.name}: {exc}"[:600])
         else:
             n = MAX_CASES

@@ -1,0 +1,65 @@
+"""Forward-pass cost: FLOPs (torch.utils.flop_counter), measured time, and the machine's dense fp32 matmul rate.
+
+The ratio ``forward FLOP rate / matmul FLOP rate`` is the figure to compare across (shared, noisy) machines.
+Both rates are best-of-N wall-clock measurements taken back to back in the same process, so that a burst of
+load from other processes penalises neither side systematically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def forward_flops(model: nn.Module, shape_zyx: tuple[int, int, int]) -> int:
+    """FLOPs of one forward pass (batch 1, one channel) as counted by ``FlopCounterMode`` (2 per multiply-add;
+    convolutions and matmuls only, normalisations and activations are not counted)."""
+    device = next(model.parameters()).device
+    x = torch.zeros((1, 1, *shape_zyx), device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def best_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1, sync: Callable[[], None] | None = None
+                 ) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones (seconds)."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_flop_rate(n: int = 2048, repeats: int = 5, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> float:
+    """Measured dense ``n x n`` matmul throughput in FLOP/s (2 n^3 per product), best of ``repeats``."""
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen, dtype=torch.float32).to(device, dtype)
+    b = torch.randn(n, n, generator=gen, dtype=torch.float32).to(device, dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    seconds = best_seconds(lambda: torch.mm(a, b, out=out), repeats, warmup=2, sync=sync)
+    return 2.0 * n**3 / seconds
+
+
+def forward_report(run: Callable[[np.ndarray], object], flops: int, shape_zyx: tuple[int, int, int],
+                   matmul_rate: float, repeats: int, sync: Callable[[], None] | None = None) -> dict[str, float]:
+    """Time ``run`` (a runner taking a (D,H,W) float32 array) and express it against ``matmul_rate``."""
+    x = np.random.default_rng(0).normal(size=shape_zyx).clip(0, None).astype(np.float32)
+    seconds = best_seconds(lambda: run(x), repeats, warmup=1, sync=sync)
+    rate = flops / seconds
+    return {"seconds": seconds, "flop_rate": rate, "fraction_of_matmul": rate / matmul_rate}

@@ -1,0 +1,97 @@
+"""Volumetry: planimetric volume, ABC/2 (Kothari) and the field-of-view edge check, on masks of known size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.volumetry import abc2_volume_ml, touches_fov_edge, volume_ml
+
+
+def _ellipsoid(shape, spacing, semi_mm, centre_mm=None):
+    centre_mm = centre_mm or [n * s / 2 for n, s in zip(shape, spacing, strict=True)]
+    axes = [
+        ((np.arange(n) + 0.5) * s - c) / r
+        for n, s, c, r in zip(shape, spacing, centre_mm, semi_mm, strict=True)
+    ]
+    z, y, x = np.meshgrid(*axes, indexing="ij", sparse=True)
+    return (z**2 + y**2 + x**2) <= 1.0
+
+
+def test_volume_ml_is_exact_for_boxes():
+    mask = np.zeros((10, 40, 50), np.uint8)
+    mask[2:7, 5:25, 10:40] = 1  # 5 x 20 x 30 voxels
+    assert volume_ml(mask, (5.0, 0.5, 0.4)) == pytest.approx(
+        5 * 20 * 30 * 5.0 * 0.5 * 0.4 / 1000.0, rel=1e-12
+    )
+    assert volume_ml(mask.astype(bool), (1.0, 1.0, 1.0)) == 3.0
+    assert volume_ml(np.zeros((3, 3, 3)), (5.0, 0.5, 0.5)) == 0.0
+
+
+def test_volume_ml_rejects_bad_input():
+    with pytest.raises(ValueError):
+        volume_ml(np.zeros((3, 3)), (1.0, 1.0))
+    with pytest.raises(ValueError):
+        volume_ml(np.zeros((3, 3, 3)), (0.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("semi_mm", [(30.0, 20.0, 15.0), (15.0, 25.0, 12.0), (40.0, 30.0, 22.0)])
+def test_abc2_count_is_close_to_ellipsoid_volume(semi_mm):
+    spacing = (5.0, 0.45, 0.45)
+    shape = (24, 160, 160)
+    mask = _ellipsoid(shape, spacing, semi_mm)
+    true_ml = 4.0 / 3.0 * np.pi * np.prod(semi_mm) / 1000.0
+    assert volume_ml(mask, spacing) == pytest.approx(true_ml, rel=0.05)
+    # ABC/2 approximates pi/6 * ABC; with 5 mm slices C is quantised, so allow 12 %
+    assert abc2_volume_ml(mask, spacing, c_method="count") == pytest.approx(true_ml, rel=0.12)
+
+
+def test_abc2_diameters_and_kothari_weighting_on_a_known_stack():
+    """Slices of a 40 x 20 mm rectangle (A = 40, B = 20 on the largest slice) with decreasing areas."""
+    spacing = (5.0, 0.5, 0.5)
+    mask = np.zeros((6, 100, 100), bool)
+    mask[1, 10:50, 10:90] = True  # largest: 20 mm x 40 mm
+    mask[2, 10:44, 10:90] = True  # 85 % -> 1
+    mask[3, 10:30, 10:90] = True  # 50 % -> 0.5
+    mask[4, 10:14, 10:90] = True  # 10 % -> 0
+    # rectangle: the largest edge-to-edge diameter is the diagonal; B is the width perpendicular to it
+    a = np.hypot(40.0, 20.0)
+    b = 2 * 40.0 * 20.0 / a
+    expected_kothari = a * b * (2.5 * 5.0) / 2 / 1000
+    expected_count = a * b * (4 * 5.0) / 2 / 1000
+    assert abc2_volume_ml(mask, spacing) == pytest.approx(expected_kothari, rel=1e-9)
+    assert abc2_volume_ml(mask, spacing, c_method="count") == pytest.approx(expected_count, rel=1e-9)
+
+
+def test_abc2_kothari_on_sphere_matches_its_rule():
+    spacing = (5.0, 0.5, 0.5)
+    mask = _ellipsoid((20, 120, 120), spacing, (25.0, 25.0, 25.0))
+    areas = mask.sum(axis=(1, 2))
+    frac = areas / areas.max()
+    weighted = (frac >= 0.75).sum() + 0.5 * ((frac >= 0.25) & (frac < 0.75)).sum()
+    ratio = abc2_volume_ml(mask, spacing) / abc2_volume_ml(mask, spacing, c_method="count")
+    assert ratio == pytest.approx(weighted / np.count_nonzero(areas), rel=1e-12)
+    assert ratio < 0.8  # Kothari's weighting undercounts a sphere's tapering ends
+
+
+def test_abc2_edge_cases():
+    assert abc2_volume_ml(np.zeros((4, 10, 10)), (5.0, 0.5, 0.5)) == 0.0
+    single = np.zeros((3, 10, 10), bool)
+    single[1, 4, 4] = True  # one 0.5 mm pixel: A = diagonal, B = diagonal
+    assert abc2_volume_ml(single, (5.0, 0.5, 0.5)) == pytest.approx(np.sqrt(0.5) ** 2 * 5.0 / 2 / 1000)
+    line = np.zeros((1, 10, 10), bool)
+    line[0, 2, 1:9] = True
+    assert abc2_volume_ml(line, (5.0, 1.0, 1.0)) > 0.0
+    with pytest.raises(ValueError):
+        abc2_volume_ml(single, (5.0, 0.5, 0.5), c_method="median")  # type: ignore[arg-type]
+
+
+def test_touches_fov_edge():
+    m = np.zeros((8, 16, 16), np.uint8)
+    m[3:5, 5:9, 5:9] = 1
+    assert not touches_fov_edge(m)
+    for index in [(0, 7, 7), (7, 7, 7), (4, 0, 7), (4, 15, 7), (4, 7, 0), (4, 7, 15)]:
+        edge = m.copy()
+        edge[index] = 1
+        assert touches_fov_edge(edge), index
+    assert not touches_fov_edge(np.zeros((2, 2, 2)))
