@@ -71,6 +71,7 @@ def write_weights(model: DualOutputUNet3D, plans: Plans, weights_dir: Path) -> P
     from app.weights.registry import model_id, register_in_registry, save_weights, write_registry
 
     name, version = "bench-random", "0.0.1"
+    weights_dir.mkdir(parents=True, exist_ok=True)
     save_weights(model, plans, model.config, weights_dir / model_id(name, version),
                  {"name": name, "version": version, "threshold": 0.5,
                   "intended_use": "benchmarking only: random weights"}, "Random weights for benchmarking.\n")

@@ -107,6 +107,6 @@ def mask_to_source_slices(mask: sitk.Image, slices: list[SourceSlice]) -> np.nda
         frame.SetSpacing((float(s.pixel_spacing[1]), float(s.pixel_spacing[0]), 1.0))
         frame.SetDirection(tuple(np.column_stack([row_dir, col_dir, normal]).ravel()))
         resampler.SetReferenceImage(frame)
-        values = sitk.GetArrayViewFromImage(resampler.Execute(binary))[0]
-        out[k] = values >= 0.5
+        sampled = resampler.Execute(binary)  # keep the image alive while its buffer is viewed
+        out[k] = sitk.GetArrayViewFromImage(sampled)[0] >= 0.5
     return out
