@@ -1,14 +1,14 @@
 """Test helpers for the service: a small CT phantom written as real DICOM files, a small random model,
-and a REAL uvicorn server process on a free loopback port (session fixture in the API tests).
+and a REAL uvicorn server process on a free loopback port (module fixture in the API tests).
 
-Run as a script (``python tests/service_fixtures.py --port P --weights-dir D``) it serves the app: with the
-weights registry when ``D/registry.json`` exists, else with a deterministic random small model (seeded), so
-the service tests run before trained default weights exist.
+:func:`start_server` runs the production entry point ``python -m app serve --weights-dir D`` (host and port
+from ``ICH_HOST`` / ``ICH_PORT``): weights loaded through the registry in ``D``, checksums verified.
+:func:`make_weights_dir` writes a registry holding a small seeded random model with
+:func:`app.weights.registry.save_weights`, so the service tests run before trained default weights exist.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +104,9 @@ def stow_body(paths: list[Path], boundary: str = "ich-test-boundary") -> tuple[b
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-# --- small random model ----------------------------------------------------------------------------------
-@dataclass
-class RandomWeights:
-    """Duck-typed like ``app.weights.registry.LoadedWeights`` (model, plans, config, manifest, ...)."""
-
-    model: Any
-    plans: Any
-    config: Any
-    manifest: dict = field(default_factory=dict)
-    name: str = "test-random"
-    version: str = "0.0.0"
-    weights_sha256: str = "0" * 64
-    path: Path = Path(".")
-    threshold: float = 0.5
+# --- small model, saved and loaded through the weights registry -------------------------------------------
+SMALL_NAME = "test-small"
+SMALL_VERSION = "0.0.1"
 
 
 def small_plans() -> Any:
@@ -126,7 +115,8 @@ def small_plans() -> Any:
     return Plans(name="test-small", version="0.0.1", matrix_zyx=(16, 64, 64), interpolation="linear")
 
 
-def random_weights(seed: int = 0) -> RandomWeights:
+def small_model(seed: int = 0) -> tuple[Any, Any]:
+    """A deterministic (seeded) random :class:`DualOutputUNet3D` of ~20 k parameters and its config."""
     import torch
 
     from app.model.config import ModelConfig
@@ -134,9 +124,46 @@ def random_weights(seed: int = 0) -> RandomWeights:
 
     torch.manual_seed(seed)
     config = ModelConfig(encoder_widths=(4, 8, 16), bridge_width=16, decoder_widths=(16, 8), cls_width=16)
-    model = DualOutputUNet3D(config).eval()
-    return RandomWeights(model=model, plans=small_plans(), config=config,
-                         manifest={"intended_use": "tests only"})
+    return DualOutputUNet3D(config).eval(), config
+
+
+@dataclass
+class RandomWeights:
+    """In-memory stand-in for :class:`app.weights.registry.LoadedWeights` (same fields), for tests that wrap
+    a :class:`~app.inference.Predictor` directly; the service tests load through the registry instead."""
+
+    model: Any
+    plans: Any
+    config: Any
+    manifest: dict
+    name: str = SMALL_NAME
+    version: str = "0.0.0"
+    weights_sha256: str = "0" * 64
+    path: Path = Path(".")
+    threshold: float = 0.5
+
+
+def random_weights(seed: int = 0) -> RandomWeights:
+    """The small seeded model (:func:`small_model`) with :func:`small_plans`, not saved anywhere."""
+    model, config = small_model(seed)
+    return RandomWeights(model=model, plans=small_plans(), config=config, manifest={"intended_use": "tests only"})
+
+
+def make_weights_dir(root: Path, seed: int = 0, version: str = SMALL_VERSION) -> Path:
+    """A weights folder (``root``) holding one small random model written with
+    :func:`app.weights.registry.save_weights` and registered as the default, exactly as
+    ``python -m model_training register`` lays it out; the service loads it through the registry (checksums
+    verified). Returns ``root``."""
+    from app.weights.registry import model_id, register_in_registry, save_weights
+
+    model, config = small_model(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {"name": SMALL_NAME, "version": version, "threshold": 0.5, "intended_use": "tests only",
+                "created": "2024-01-01T00:00:00Z", "metrics": {}}
+    save_weights(model, small_plans(), config, root / model_id(SMALL_NAME, version), manifest,
+                 "# test-small\n\nRandom weights for the service tests; not a model.\n")
+    register_in_registry(root, SMALL_NAME, version, manifest["created"], make_default=True)
+    return root
 
 
 # --- real server -----------------------------------------------------------------------------------------
@@ -168,7 +195,13 @@ class ServerProcess:
 
 def start_server(tmp: Path, env: dict[str, str] | None = None, ready_timeout: float = 60.0,
                  weights_dir: Path | None = None) -> ServerProcess:
-    """Start ``tests/service_fixtures.py`` (uvicorn) on a free loopback port and wait for /health/ready."""
+    """Start ``python -m app serve`` (uvicorn) on a free loopback port and wait for /health/ready.
+
+    ``weights_dir`` defaults to a fresh small-model registry under ``tmp`` (:func:`make_weights_dir`)."""
+    if weights_dir is None:
+        weights_dir = tmp / "weights"
+        if not (weights_dir / "registry.json").exists():
+            make_weights_dir(weights_dir)
     import httpx
 
     port = free_port()
@@ -176,9 +209,7 @@ def start_server(tmp: Path, env: dict[str, str] | None = None, ready_timeout: fl
     full_env = {**os.environ, "ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_DEVICE": "cpu",
                 "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                 **(env or {})}
-    cmd = [sys.executable, str(Path(__file__).resolve())]
-    if weights_dir is not None:
-        cmd += ["--weights-dir", str(weights_dir)]
+    cmd = [sys.executable, "-m", "app", "serve", "--weights-dir", str(weights_dir)]  # the production entry point
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
@@ -192,27 +223,3 @@ def start_server(tmp: Path, env: dict[str, str] | None = None, ready_timeout: fl
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"server not ready within {ready_timeout} s:\n{server.log_text()[-4000:]}")
-
-
-def _main() -> None:
-    import uvicorn
-
-    from app.api import ServiceSettings, create_app
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weights-dir", type=Path, default=None)
-    args = parser.parse_args()
-    if args.weights_dir is not None:
-        app = create_app(ServiceSettings(weights_dir=args.weights_dir))
-    else:
-        from app.inference import Predictor
-
-        settings = ServiceSettings()
-        app = create_app(settings, predictor=Predictor(random_weights(), "cpu"))
-    settings = app.state.settings
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
-
-
-if __name__ == "__main__":
-    _main()

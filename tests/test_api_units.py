@@ -88,3 +88,35 @@ def test_upload_limits_clean_up(tmp_path) -> None:
         _receive(parts, 'multipart/related; type="application/dicom"; boundary=B', max_files=2, upload_dir=tmp_path)
     assert exc.value.code == "too_many_files"
     assert list(tmp_path.iterdir()) == []  # every failed upload removed its folder
+
+
+class _CountingCompact:
+    """A stand-in compact result that counts renders (the real one is exercised in tests/test_outputs.py)."""
+
+    nbytes = 1000
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def render(self, name: str) -> bytes:
+        if name != "a.bin":
+            raise KeyError(name)
+        self.calls.append(name)
+        return b"y" * 3000
+
+
+def test_store_renders_lazily_once_and_counts_bytes() -> None:
+    import concurrent.futures
+
+    store = ResultStore(max_items=10, max_bytes=20_000, ttl_s=10.0)
+    compact = _CountingCompact()
+    store.put("k", {"id": "k"}, compact=compact)
+    before = store.stats()["bytes"]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: store.get_file("k", "a.bin"), range(8)))
+    assert results == [b"y" * 3000] * 8 and compact.calls == ["a.bin"]  # rendered once, then cached
+    assert store.stats()["bytes"] == before + 3000
+    assert store.get_file("k", "other.bin") is None and store.get_file("missing", "a.bin") is None
+    # rendered bytes count against the budget: a new entry now pushes the old one out
+    store.put("big", {"id": "big"}, {"f": b"z" * 12_000})
+    assert store.get("k") is None and store.stats()["bytes"] <= 20_000

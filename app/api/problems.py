@@ -41,6 +41,7 @@ REFUSAL_STATUS: dict[RefusalCode, int] = {
     RefusalCode.NOT_AXIAL: 422,
     RefusalCode.INCONSISTENT_GEOMETRY: 422,
     RefusalCode.BRAIN_NOT_FOUND: 422,
+    RefusalCode.UNSUPPORTED_SOP_CLASS: 422,
 }
 
 SERVICE_CODES: dict[str, tuple[int, str]] = {

@@ -99,10 +99,10 @@ def build_router(auth: Depends) -> APIRouter:  # type: ignore[valid-type]
 
     def _file_route(name: str) -> None:
         async def get_file(prediction_id: str, request: Request) -> Response:
-            entry = _service(request).store.get(prediction_id)
-            if entry is None or name not in entry.files:
+            data = await _service(request).file(prediction_id, name)
+            if data is None:
                 raise Problem("not_found", "No such prediction (unknown or expired)")
-            return Response(entry.files[name], media_type=FILE_TYPES[name],
+            return Response(data, media_type=FILE_TYPES[name],
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
         v1.add_api_route(f"/predictions/{{prediction_id}}/{name}", get_file, methods=["GET"],

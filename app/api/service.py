@@ -20,12 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from app.api.logging_config import pseudonym
 from app.api.metrics import ServiceMetrics
 from app.api.problems import Problem
 from app.api.settings import ServiceSettings
 from app.api.store import ResultStore
 from app.api.uploads import Upload
 from app.inference import EXPANSION_DEFINITION, InferenceOutOfMemory, PredictionResult, Predictor
+from app.outputs import CompactResult
+
+RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png"}
 
 log = logging.getLogger("app.api.service")
 
@@ -150,18 +154,40 @@ class PredictionService:
             result: PredictionResult = await self._cpu(predictor.finish, series, prepared, raw)
             self._stage(timings, "postprocess", t0)
             t0 = time.perf_counter()
-            files = await self._cpu(render_files, predictor, series, result)
+            # files are rendered lazily on their first GET; the POST path only packs the mask (~10 ms)
+            compact = await self._cpu(compact_outputs, predictor, series, result)
             self._stage(timings, "outputs", t0)
             pid = uuid.uuid4().hex
             body = build_response(pid, predictor, series, result, timings, job.onset_to_ct_hours, base_url)
-            self.store.put(pid, body, files)
-            stats = self.store.stats()
-            self.metrics.store_items.set(stats["items"])
-            self.metrics.store_bytes.set(stats["bytes"])
+            self.store.put(pid, body, compact=compact)
+            self._update_store_metrics()
+            log.info("prediction done", extra={
+                "prediction_id": pid, "series": pseudonym(series.series_instance_uid),
+                "slices": len(series.slices), "timings_ms": body["timings_ms"],
+            })
             return body
         finally:
             job.upload.cleanup()
             self.release()
+
+    def _update_store_metrics(self) -> None:
+        stats = self.store.stats()
+        self.metrics.store_items.set(stats["items"])
+        self.metrics.store_bytes.set(stats["bytes"])
+
+    async def file(self, prediction_id: str, name: str) -> bytes | None:
+        """A result file, rendered on first request in the CPU pool and cached in the store; ``None`` when the
+        prediction is unknown or expired."""
+        t0 = time.perf_counter()
+        entry = self.store.get(prediction_id)
+        if entry is None:
+            return None
+        if name in entry.files:
+            return entry.files[name]
+        data = await self._cpu(self.store.get_file, prediction_id, name)
+        self.metrics.stage_latency.labels(RENDER_STAGES.get(name, "render")).observe(time.perf_counter() - t0)
+        self._update_store_metrics()
+        return data
 
     @staticmethod
     def _check(job: Job) -> None:
@@ -169,21 +195,15 @@ class PredictionService:
             raise asyncio.CancelledError
 
 
-def render_files(predictor: Predictor, series: Any, result: PredictionResult) -> dict[str, bytes]:
-    """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU)."""
-    import SimpleITK as sitk
-
-    from app.outputs import build_seg, mask_nifti_bytes, render_overlay_png, seg_bytes
-
+def compact_outputs(predictor: Predictor, series: Any, result: PredictionResult) -> CompactResult:
+    """The compact form the result files are rendered from (CPU, ~10 ms)."""
     w = predictor.weights
-    seg = build_seg(series.source_headers, result.source_slice_masks, algorithm_name=w.name,
-                    algorithm_version=w.version)
-    return {
-        "mask.nii.gz": mask_nifti_bytes(result.mask),
-        "seg.dcm": seg_bytes(seg),
-        "overlay.png": render_overlay_png(series.hu_array, sitk.GetArrayViewFromImage(result.mask),
-                                          series.spacing_zyx),
-    }
+    return CompactResult.from_prediction(series, result, algorithm_name=w.name, algorithm_version=w.version)
+
+
+def render_files(predictor: Predictor, series: Any, result: PredictionResult) -> dict[str, bytes]:
+    """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU), as ``python -m app predict`` writes them."""
+    return compact_outputs(predictor, series, result).render_all()
 
 
 def build_response(

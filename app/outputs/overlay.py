@@ -1,17 +1,26 @@
-"""PNG overview of the key slices with the haematoma outlined (matplotlib, Agg canvas, no pyplot state).
+"""PNG overview of the key slices with the haematoma outlined in red (numpy + a minimal zlib PNG writer).
 
-Slices are axial planes of the analysis grid (array index z of a z-y-x array, displayed with row 0 at the
-top, i.e. anterior up and patient right on the image left for an LPS-aligned axial grid, the radiological
-convention). The window is a brain window (default 0-80 HU).
+Slices are axial planes of the analysis grid (array index z of a z-y-x array), displayed with row 0 at the top,
+i.e. anterior up and patient right on the image left for an LPS-aligned axial grid (the radiological
+convention). The window is a brain window (default 0-80 HU). Panels are placed left to right in ascending z
+(inferior to superior for an LPS grid), separated by a black gap; the slice numbers (1-based) are written in the
+PNG ``tEXt`` chunk ``Description``. Non-square pixels are corrected by nearest-neighbour row resampling so that
+anatomy keeps its proportions.
+
+The whole rendering is array arithmetic (no figure, no font rendering) and deflate level 1: a few tens of ms
+for three 512 x 512 panels, instead of the ~0.6 s a matplotlib figure took.
 """
 
 from __future__ import annotations
 
-import io
+import struct
+import zlib
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from scipy import ndimage
+
+OUTLINE_RGB = (255, 0, 0)
+PANEL_GAP_PX = 4
 
 
 def key_slices(mask: np.ndarray, n: int = 3) -> list[int]:
@@ -40,6 +49,45 @@ def key_slices(mask: np.ndarray, n: int = 3) -> list[int]:
     return sorted(picks)
 
 
+def encode_png_rgb(rgb: np.ndarray, *, text: dict[str, str] | None = None, level: int = 1) -> bytes:
+    """A PNG (8-bit RGB, no interlace, filter type 0 on every row) of ``rgb`` (H, W, 3) uint8.
+
+    ``text`` entries become ``tEXt`` chunks (Latin-1 keywords and values)."""
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"expected a non-empty (H, W, 3) array, got {arr.shape}")
+    height, width = arr.shape[:2]
+    raw = np.empty((height, 1 + 3 * width), dtype=np.uint8)
+    raw[:, 0] = 0  # filter type "None"
+    raw[:, 1:] = arr.reshape(height, 3 * width)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    for key, value in (text or {}).items():
+        parts.append(chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")))
+    parts.append(chunk(b"IDAT", zlib.compress(raw.tobytes(), level)))
+    parts.append(chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+def _panel(hu: np.ndarray, mask: np.ndarray, window_hu: tuple[float, float], row_scale: float) -> np.ndarray:
+    """One slice as RGB uint8: windowed grey, mask boundary (4-connected inner edge) in red."""
+    lo, hi = window_hu
+    grey = np.clip((hu.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    m = mask.astype(bool)
+    if m.any():
+        edge = m & ~ndimage.binary_erosion(m, border_value=0)
+        rgb[edge] = OUTLINE_RGB
+    if abs(row_scale - 1.0) > 1e-3:  # physical aspect: rows of spacing_y mm shown as row_scale pixel rows
+        n_rows = max(1, round(rgb.shape[0] * row_scale))
+        src = np.minimum((np.arange(n_rows) + 0.5) / row_scale, rgb.shape[0] - 1).astype(np.intp)
+        rgb = rgb[src]
+    return rgb
+
+
 def render_overlay_png(
     hu: np.ndarray,
     mask: np.ndarray,
@@ -47,24 +95,41 @@ def render_overlay_png(
     *,
     n_slices: int = 3,
     window_hu: tuple[float, float] = (0.0, 80.0),
-    dpi: int = 100,
+    indices: list[int] | None = None,
 ) -> bytes:
     """PNG bytes showing ``n_slices`` key axial slices of ``hu`` (z, y, x, HU) with ``mask`` (same shape)
-    outlined in red. Pixel aspect follows ``spacing_zyx`` (mm)."""
+    outlined in red. ``indices`` overrides the choice of slices (ascending z); pixel aspect follows
+    ``spacing_zyx`` (mm)."""
     if hu.shape != mask.shape or hu.ndim != 3:
         raise ValueError(f"hu {hu.shape} and mask {mask.shape} must be the same 3-D shape")
-    indices = key_slices(mask, n_slices)
-    aspect = float(spacing_zyx[1]) / float(spacing_zyx[2])
-    fig = Figure(figsize=(3.2 * len(indices), 3.4), dpi=dpi, facecolor="black")
-    FigureCanvasAgg(fig)
-    for col, z in enumerate(indices, start=1):
-        ax = fig.add_subplot(1, len(indices), col)
-        ax.imshow(hu[z], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect=aspect, interpolation="nearest")
-        if mask[z].any():
-            ax.contour(mask[z].astype(np.float32), levels=[0.5], colors="red", linewidths=1.0)
-        ax.set_title(f"slice {z + 1}/{hu.shape[0]}", color="white", fontsize=9)
-        ax.set_axis_off()
-    fig.tight_layout(pad=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", facecolor=fig.get_facecolor())
-    return buffer.getvalue()
+    if window_hu[1] <= window_hu[0]:
+        raise ValueError(f"window {window_hu} must be (low, high) with low < high")
+    picks = list(indices) if indices is not None else key_slices(mask, n_slices)
+    return render_panels(np.stack([hu[z] for z in picks]), np.stack([mask[z] for z in picks]), picks,
+                         hu.shape[0], spacing_zyx, window_hu=window_hu)
+
+
+def render_panels(
+    hu_slices: np.ndarray,
+    mask_slices: np.ndarray,
+    indices: list[int],
+    depth: int,
+    spacing_zyx: tuple[float, float, float],
+    *,
+    window_hu: tuple[float, float] = (0.0, 80.0),
+) -> bytes:
+    """PNG of already extracted key slices: ``hu_slices`` (k, y, x, HU) and ``mask_slices`` (k, y, x) taken at
+    z = ``indices`` of a volume ``depth`` slices deep (used by the result store, which keeps only these)."""
+    if hu_slices.shape != mask_slices.shape or hu_slices.ndim != 3 or len(indices) != hu_slices.shape[0]:
+        raise ValueError(f"hu {hu_slices.shape}, mask {mask_slices.shape} and {len(indices)} indices disagree")
+    row_scale = float(spacing_zyx[1]) / float(spacing_zyx[2])
+    panels = [_panel(h, m, window_hu, row_scale) for h, m in zip(hu_slices, mask_slices, strict=True)]
+    height = panels[0].shape[0]
+    gap = np.zeros((height, PANEL_GAP_PX, 3), np.uint8)
+    row: list[np.ndarray] = []
+    for k, panel in enumerate(panels):
+        if k:
+            row.append(gap)
+        row.append(panel)
+    description = "axial slices " + ", ".join(f"{z + 1}/{depth}" for z in indices) + "; haematoma outlined in red"
+    return encode_png_rgb(np.concatenate(row, axis=1), text={"Description": description, "Software": "ich-expansion"})

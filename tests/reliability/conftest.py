@@ -12,7 +12,7 @@ pytest.importorskip("app.volumetry", reason="app.volumetry not present yet")
 
 from .harness import CANARY_STRINGS, FaultServer, start_fault_server, write_canary_series  # noqa: E402
 
-MAX_BODY_BYTES = 4 * 1024**2
+MAX_BODY_BYTES = 32 * 1024**2
 MAX_FILES = 200
 SESSION_ENV = {
     "ICH_MAX_IN_FLIGHT": "2",

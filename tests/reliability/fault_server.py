@@ -77,9 +77,9 @@ class FaultInjectingPredictor(Predictor):
 
 def main() -> None:
     import uvicorn
+    from service_fixtures import random_weights
 
     from app.api import ServiceSettings, create_app
-    from service_fixtures import random_weights
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights-dir", type=Path, default=None)

@@ -39,7 +39,17 @@ def test_oom_and_inference_failure_fail_only_that_request(server: FaultServer, c
         r = client.post("/v1/predictions", files=_files(canary_series))
         assert r.status_code == 500 and r.json()["code"] == "internal_error"  # a server fault, answered cleanly
         assert "injected" not in r.text  # internals are not echoed to the client
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:  # new connection: see D2
         assert client.post("/v1/predictions", files=_files(canary_series)).status_code == 200
+        assert client.get("/health/ready").status_code == 200
+
+
+@pytest.mark.xfail(strict=True, reason="defect D2: after a 500 the server drops the keep-alive connection, so "
+                   "the client's next request is reset (app/api/problems.py _unexpected re-raised by Starlette)")
+def test_keepalive_connection_survives_a_server_fault(server: FaultServer, canary_series: list[Path]) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        server.set_faults(error=1)
+        assert client.post("/v1/predictions", files=_files(canary_series)).status_code == 500
         assert client.get("/health/ready").status_code == 200
 
 

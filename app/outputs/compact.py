@@ -1,0 +1,146 @@
+"""The compact form of one prediction's outputs, from which NIfTI, DICOM SEG and PNG are rendered on demand.
+
+Rendering all three files on the request path cost more than the forward pass (SEG ~0.1-1 s, PNG ~0.6-0.9 s
+with matplotlib, NIfTI up to 2 s at gzip level 6 under load). A :class:`CompactResult` instead keeps what the
+renderers need, small and pixel-free where it concerns the source:
+
+* the mask on the analysis grid as packed bits (1 bit per voxel, z-y-x) plus its LPS geometry (SimpleITK
+  origin / spacing / direction, x-y-z order, mm);
+* the per-source-instance masks as packed bits only when they differ from the analysis-grid mask (tilted or
+  resampled acquisitions);
+* the pixel-free source headers (for the SEG's references and patient/study modules);
+* the HU of the PNG's key slices only (int16, HU), with their indices.
+
+:meth:`CompactResult.render` builds one file; the result store calls it on the first GET and caches the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from app.outputs.nifti import mask_nifti_bytes
+from app.outputs.overlay import key_slices, render_panels
+from app.outputs.seg import build_seg, seg_bytes
+
+FILE_NAMES: tuple[str, ...] = ("mask.nii.gz", "seg.dcm", "overlay.png")
+# Budget charged per pixel-free source header. A CT header without pixel data is 1-4 KiB as a pydicom
+# Dataset; 8 KiB also covers the Python object overhead.
+HEADER_NBYTES_ESTIMATE = 8 * 1024
+
+
+def _pack(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask, dtype=bool).ravel())
+
+
+def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape))
+    return np.unpackbits(bits, count=count).reshape(shape)
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """Everything needed to render the result files; see the module docstring. Immutable, thread-safe."""
+
+    shape_zyx: tuple[int, int, int]
+    origin: tuple[float, float, float]  # LPS mm of voxel (0, 0, 0), SimpleITK order (x, y, z)
+    spacing: tuple[float, float, float]  # mm, SimpleITK order (x, y, z)
+    direction: tuple[float, ...]  # 3x3 row-major direction cosines (SimpleITK)
+    mask_bits: np.ndarray
+    slice_mask_shape: tuple[int, int, int] | None  # (n_instances, rows, columns) when stored separately
+    slice_mask_bits: np.ndarray | None
+    source_headers: tuple[pydicom.Dataset, ...]
+    overlay_indices: tuple[int, ...]
+    overlay_hu: np.ndarray  # int16 (k, y, x), HU of the key slices
+    algorithm_name: str
+    algorithm_version: str
+
+    @classmethod
+    def from_prediction(cls, series: Any, result: Any, *, algorithm_name: str, algorithm_version: str,
+                        n_overlay_slices: int = 3) -> CompactResult:
+        """From an :class:`~app.ingestion.types.IngestedSeries` and a :class:`~app.inference.PredictionResult`."""
+        return cls.from_arrays(series, result.mask, result.source_slice_masks, algorithm_name=algorithm_name,
+                               algorithm_version=algorithm_version, n_overlay_slices=n_overlay_slices)
+
+    @classmethod
+    def from_arrays(cls, series: Any, mask: sitk.Image, source_slice_masks: np.ndarray, *, algorithm_name: str,
+                    algorithm_version: str, n_overlay_slices: int = 3) -> CompactResult:
+        """``mask``: uint8 {0,1} image on ``series.image``'s grid; ``source_slice_masks``: uint8
+        (n_instances, rows, columns), one frame per entry of ``series.source_headers``."""
+        arr = sitk.GetArrayViewFromImage(mask)
+        per_slice = np.asarray(source_slice_masks)
+        if per_slice.ndim != 3 or per_slice.shape[0] != len(series.source_headers):
+            raise ValueError(f"need one mask frame per source instance: {per_slice.shape} for "
+                             f"{len(series.source_headers)} instances")
+        same = per_slice.shape == arr.shape and np.array_equal(per_slice, arr)
+        picks = key_slices(arr, n_overlay_slices)
+        hu = series.hu_array
+        overlay_hu = np.clip(np.rint(hu[picks]), -32768, 32767).astype(np.int16)
+        return cls(
+            shape_zyx=tuple(int(v) for v in arr.shape),  # type: ignore[arg-type]
+            origin=tuple(float(v) for v in mask.GetOrigin()),  # type: ignore[arg-type]
+            spacing=tuple(float(v) for v in mask.GetSpacing()),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in mask.GetDirection()),
+            mask_bits=_pack(arr),
+            slice_mask_shape=None if same else tuple(int(v) for v in per_slice.shape),  # type: ignore[arg-type]
+            slice_mask_bits=None if same else _pack(per_slice),
+            source_headers=tuple(series.source_headers),
+            overlay_indices=tuple(picks),
+            overlay_hu=overlay_hu,
+            algorithm_name=algorithm_name,
+            algorithm_version=algorithm_version,
+        )
+
+    # --- views ----------------------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held (bytes), for the result store's budget."""
+        total = self.mask_bits.nbytes + self.overlay_hu.nbytes + 1024
+        if self.slice_mask_bits is not None:
+            total += self.slice_mask_bits.nbytes
+        return total + HEADER_NBYTES_ESTIMATE * len(self.source_headers)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    def mask_array(self) -> np.ndarray:
+        """uint8 {0,1} (z, y, x) on the analysis grid."""
+        return _unpack(self.mask_bits, self.shape_zyx)
+
+    def mask_image(self) -> sitk.Image:
+        """The mask as a uint8 SimpleITK image with the analysis grid's LPS geometry."""
+        image = sitk.GetImageFromArray(self.mask_array())
+        image.SetOrigin(self.origin)
+        image.SetSpacing(self.spacing)
+        image.SetDirection(self.direction)
+        return image
+
+    def source_slice_masks(self) -> np.ndarray:
+        """uint8 (n_instances, rows, columns): frame k belongs to ``source_headers[k]``."""
+        if self.slice_mask_bits is None or self.slice_mask_shape is None:
+            return self.mask_array()
+        return _unpack(self.slice_mask_bits, self.slice_mask_shape)
+
+    # --- rendering ------------------------------------------------------------------------------------------
+    def render(self, name: str) -> bytes:
+        """The bytes of one file of :data:`FILE_NAMES`. Raises ``KeyError`` for any other name."""
+        if name == "mask.nii.gz":
+            return mask_nifti_bytes(self.mask_image())
+        if name == "seg.dcm":
+            seg = build_seg(list(self.source_headers), self.source_slice_masks(),
+                            algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version)
+            return seg_bytes(seg)
+        if name == "overlay.png":
+            mask = self.mask_array()
+            picks = list(self.overlay_indices)
+            return render_panels(self.overlay_hu, mask[picks], picks, self.shape_zyx[0], self.spacing_zyx)
+        raise KeyError(name)
+
+    def render_all(self, names: Sequence[str] = FILE_NAMES) -> dict[str, bytes]:
+        return {name: self.render(name) for name in names}
