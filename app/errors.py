@@ -31,6 +31,7 @@ class RefusalCode(StrEnum):
     EMPTY_INPUT = "empty_input"
     BRAIN_NOT_FOUND = "brain_not_found"  # preprocessing: skull stripping found no brain
     UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"  # only enhanced multi-frame CT (not supported) was found
+    INVALID_DICOM = "invalid_dicom"  # a DICOM object whose header cannot be parsed (damaged element, wrong VR)
 
 
 class WarningCode(StrEnum):

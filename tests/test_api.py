@@ -30,7 +30,12 @@ import SimpleITK as sitk
 
 pytest.importorskip("app.volumetry", reason="app.volumetry not present yet")
 
+from dicom_factory import make_ct_dataset, save, write_ct_series, zip_paths  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 from service_fixtures import ServerProcess, start_server, stow_body, write_phantom_series, zip_bytes  # noqa: E402
+
+from app.api.problems import REFUSAL_STATUS  # noqa: E402
+from app.errors import RefusalCode  # noqa: E402
 
 TIMEOUT = httpx.Timeout(60.0)
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +156,97 @@ def test_bad_inputs_get_4xx(server: ServerProcess, phantom: list[Path], tmp_path
     _problem(httpx.post(url, files=_multipart(phantom), data={"onset_to_ct_hours": "soon"}, timeout=TIMEOUT),
              422, "validation_error")
     _assert_ready(server)
+
+
+def _files(paths: list[Path]) -> dict:
+    return {"files": [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]}
+
+
+def _resave(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    save(ds, path)
+
+
+def _refusal_request(code: str, d: Path, shared: Path | None) -> dict:
+    """httpx.post keyword arguments of a request that ingestion refuses with ``code`` (tests/dicom_factory.py)."""
+    if code == "not_dicom":
+        return {"files": [("files", ("report.txt", b"Findings: none.\n" * 20, "text/plain"))]}
+    if code == "empty_input":
+        return {"files": [("files", ("empty.dcm", b"", "application/dicom"))]}
+    if code == "no_image_series":
+        scout = make_ct_dataset(np.zeros((16, 16)), position=(0, 0, 0),
+                                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+        return _files([save(scout, d / "scout")])
+    if code == "not_ct":
+        return _files(write_ct_series(d, n_slices=4, modality="MR"))
+    if code in ("ambiguous_series", "series_not_found"):
+        paths = write_ct_series(d / "a", n_slices=5, series_description="A")
+        paths += write_ct_series(d / "b", n_slices=5, series_description="B")
+        extra = {"data": {"series_instance_uid": "1.2.3.4"}} if code == "series_not_found" else {}
+        return {**_files(paths), **extra}
+    if code == "too_few_slices":
+        return _files(write_ct_series(d, n_slices=2))
+    if code == "missing_slices":
+        return _files(write_ct_series(d, n_slices=8, gaps=[4, 5]))
+    if code == "conflicting_duplicates":
+        paths = write_ct_series(d, n_slices=4)
+        ds = pydicom.dcmread(paths[1])
+        arr = ds.pixel_array.copy()
+        arr[0, 0] += 7
+        ds.PixelData = arr.tobytes()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        return _files([*paths, save(ds, d / "modified")])
+    if code == "unsupported_transfer_syntax":
+        assert shared is not None
+        src = next((shared / "cornerstone_ct_transfer_syntaxes").glob("*.4.53.dcm"))  # JPEG process 6/8
+        paths = []
+        for k in range(3):  # three slices of the same compressed image, 5 mm apart
+            ds = pydicom.dcmread(src)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ipp = [float(v) for v in ds.ImagePositionPatient]
+            ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + 5.0 * k]
+            ds.save_as(d / f"j{k}.dcm", enforce_file_format=True)
+            paths.append(d / f"j{k}.dcm")
+        return _files(paths)
+    if code == "corrupt_pixel_data":
+        paths = write_ct_series(d, n_slices=3)
+        _resave(paths[1], lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2]))
+        return _files(paths)
+    if code == "not_axial":
+        return _files(write_ct_series(d, n_slices=5, orientation=(0, 1, 0, 0, 0, -1)))
+    if code == "inconsistent_geometry":
+        paths = write_ct_series(d, n_slices=4)
+        _resave(paths[2], lambda ds: delattr(ds, "ImagePositionPatient"))
+        return _files(paths)
+    if code == "archive_invalid":
+        blob = zip_paths(write_ct_series(d, n_slices=3))
+        return {"content": blob[: len(blob) // 2], "headers": {"Content-Type": "application/zip"}}
+    if code == "archive_limit_exceeded":
+        bomb = io.BytesIO()
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("zeros.dcm", b"\0" * (4 * 1024**2))  # ratio ~1000 > ICH_MAX_COMPRESSION_RATIO=50
+        return {"content": bomb.getvalue(), "headers": {"Content-Type": "application/zip"}}
+    if code == "brain_not_found":  # valid CT of air: ingestion accepts it, preprocessing finds no brain
+        return _files(write_ct_series(d, n_slices=6, hu_at=lambda p: np.full(p.shape[:-1], -1000.0)))
+    if code == "unsupported_sop_class":
+        assert shared is not None
+        return _files([shared / "cornerstone_ct_transfer_syntaxes" / "CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"])
+    raise AssertionError(f"no request builder for {code}")
+
+
+NEEDS_SHARED_DATA = {"unsupported_transfer_syntax", "unsupported_sop_class"}
+
+
+@pytest.mark.parametrize("code", sorted(str(c) for c in RefusalCode))
+def test_every_refusal_code_through_the_api(code: str, server: ServerProcess, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    shared = request.getfixturevalue("shared_data") if code in NEEDS_SHARED_DATA else None
+    kwargs = _refusal_request(code, tmp_path, shared)
+    r = httpx.post(f"{server.base_url}/v1/predictions", timeout=TIMEOUT, **kwargs)
+    body = _problem(r, REFUSAL_STATUS[RefusalCode(code)], code)
+    assert body["instance"] == "/v1/predictions" and body["request_id"] == r.headers["X-Request-ID"]
+    assert "Phantom" not in r.text and "SYN0001" not in r.text
 
 
 def _rss_kib(pid: int) -> int:

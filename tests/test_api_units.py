@@ -120,3 +120,38 @@ def test_store_renders_lazily_once_and_counts_bytes() -> None:
     # rendered bytes count against the budget: a new entry now pushes the old one out
     store.put("big", {"id": "big"}, {"f": b"z" * 12_000})
     assert store.get("k") is None and store.stats()["bytes"] <= 20_000
+
+
+def test_log_lines_redact_uids_and_keep_standard_ones() -> None:
+    import json
+    import logging
+
+    from app.api.logging_config import JsonFormatter, request_id_var
+
+    record = logging.LogRecord("highdicom.base", logging.INFO, __file__, 1,
+                               'copy attributes from dataset "%s" (syntax %s)',
+                               ("1.2.826.0.1.3680043.8.498.123456789", "1.2.840.10008.1.2.4.53"), None)
+    record.series = "2.25.329800735698586629295641978511506172918"
+    token = request_id_var.set("abc123")
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id_var.reset(token)
+    assert "1.2.826.0.1.3680043" not in line["msg"] and "uid:" in line["msg"]
+    assert "1.2.840.10008.1.2.4.53" in line["msg"]  # transfer syntaxes identify no one
+    assert line["series"].startswith("uid:") and line["request_id"] == "abc123"
+
+
+def test_openapi_docs_can_be_switched_off() -> None:
+    import httpx
+
+    from app.api import create_app
+
+    async def get(docs: bool, path: str) -> httpx.Response:  # no lifespan: the model is not loaded
+        app = create_app(ServiceSettings(docs_enabled=docs, weights_dir="/nonexistent"))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.get(path)
+
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert asyncio.run(get(False, path)).status_code == 404
+    assert asyncio.run(get(True, "/openapi.json")).json()["paths"]["/v1/predictions"]["post"]

@@ -156,3 +156,22 @@ def test_compact_result_renders_the_same_files(headers: list[pydicom.Dataset]) -
     assert other.slice_mask_bits is not None and np.array_equal(other.source_slice_masks(), shifted)
     with pytest.raises(ValueError):
         CompactResult.from_arrays(series, img, arr[:-1], algorithm_name="t", algorithm_version="1")
+
+
+def test_seg_from_anonymised_headers_missing_type2_attributes(headers: list[pydicom.Dataset]) -> None:
+    """Regression (defect D6): highdicom reads PatientBirthDate, PatientSex, ... of the first source; an
+    anonymised series without them still gives a valid SEG, and the caller's headers stay unchanged."""
+    import copy
+
+    stripped = [copy.deepcopy(h) for h in headers]
+    for h in stripped:
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+            if keyword in h:
+                delattr(h, keyword)
+    masks = np.zeros((len(stripped), 32, 32), np.uint8)
+    masks[2, 10:20, 12:18] = 1
+    seg = hd.seg.segread(io.BytesIO(seg_bytes(build_seg(stripped, masks, algorithm_name="t",
+                                                             algorithm_version="1"))))
+    assert seg.PatientBirthDate == "" and seg.PatientSex == "" and seg.PatientID == headers[0].PatientID
+    assert "PatientBirthDate" not in stripped[0] and "PatientSex" not in stripped[0]
+    assert int(seg.get_volume(combine_segments=True).array.sum()) == int(masks.sum())

@@ -3,6 +3,10 @@
 Start-up loads the weights through the registry (checksums verified) and runs a warm-up pass in a
 background thread, so ``/health/live`` answers at once and ``/health/ready`` turns 200 only when the model is
 loaded and warm. Shutdown (after uvicorn has drained in-flight requests on SIGTERM) stops the worker pools.
+
+Unexpected exceptions (a bug, a failing forward pass) are answered inside the ``request_context`` middleware as
+a 500 problem+json and counted in ``ich_unhandled_errors_total``; they are never re-raised to Starlette's
+``ServerErrorMiddleware``, which would make uvicorn drop the client's keep-alive connection.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +23,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from app.api.logging_config import configure_logging, request_id_var
 from app.api.metrics import ServiceMetrics
-from app.api.problems import install_problem_handlers
+from app.api.problems import install_problem_handlers, problem_response
 from app.api.routes import include_routes
 from app.api.security import ApiKeyAuth
 from app.api.service import PredictionService
@@ -73,7 +78,10 @@ def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor 
         t0 = time.perf_counter()
         status = 500
         try:
-            response: Response = await call_next(request)
+            try:
+                response: Response = await call_next(request)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence: answer, never re-raise
+                response = unexpected_error_response(request, exc, metrics)
             status = response.status_code
             response.headers["X-Request-ID"] = rid
             return response
@@ -89,3 +97,16 @@ def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor 
             request_id_var.reset(token)
 
     return app
+
+
+def unexpected_error_response(request: Request, exc: BaseException, metrics: ServiceMetrics) -> Response:
+    """A clean 500 problem+json for an exception no handler claimed, logged and counted.
+
+    The log carries the exception type and the code locations (file, line, function) of the traceback but not
+    the exception message nor source lines: a library's message may quote element values of client DICOM."""
+    route = request.scope.get("route")
+    metrics.unhandled.labels(getattr(route, "path", "unmatched"), type(exc).__name__).inc()
+    frames = [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)][-8:]
+    log.error("unhandled error", extra={"error_type": type(exc).__name__, "frames": frames})
+    return problem_response(request, status=500, code="internal_error", title="Internal error",
+                            detail="An unexpected error occurred; it has been logged.")

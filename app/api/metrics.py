@@ -27,6 +27,10 @@ class ServiceMetrics:
                                registry=r)
         self.inference_queue = Gauge("ich_inference_queue_depth", "Requests waiting for or in the model",
                                      registry=r)
+        self.unhandled = Counter("ich_unhandled_errors_total", "Exceptions no handler claimed (answered 500)",
+                                 ["route", "error_type"], registry=r)
+        self.backstop = Counter("ich_ingestion_backstop_total", "Library exceptions that escaped ingestion of "
+                                "client data (answered 422 invalid_dicom)", ["stage", "error_type"], registry=r)
         self.oom = Counter("ich_out_of_memory_total", "Device out-of-memory errors", registry=r)
         self.rejected = Counter("ich_rejected_total", "Requests refused for capacity", ["reason"], registry=r)
         self.ready = Gauge("ich_ready", "1 when the model is loaded and warm", registry=r)

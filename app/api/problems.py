@@ -42,6 +42,7 @@ REFUSAL_STATUS: dict[RefusalCode, int] = {
     RefusalCode.INCONSISTENT_GEOMETRY: 422,
     RefusalCode.BRAIN_NOT_FOUND: 422,
     RefusalCode.UNSUPPORTED_SOP_CLASS: 422,
+    RefusalCode.INVALID_DICOM: 422,
 }
 
 SERVICE_CODES: dict[str, tuple[int, str]] = {
@@ -150,6 +151,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"error_type": type(exc).__name__})
+        # Only reached for an error outside the request_context middleware (which answers the others itself);
+        # Starlette re-raises after this answer. The message is not logged: it may quote client DICOM values.
+        log.error("unhandled error outside the request context", extra={"error_type": type(exc).__name__})
         return problem_response(request, status=500, code="internal_error", title="Internal error",
                                 detail="An unexpected error occurred; it has been logged.")

@@ -140,11 +140,18 @@ def build_health_router() -> APIRouter:
         return HealthResponse(status="alive")
 
     async def ready(request: Request) -> JSONResponse:
+        """200 when the model is loaded and warm and a prediction slot is free; 503 + Retry-After while
+        loading or while every slot is taken (``in_flight >= max_in_flight``), so a load balancer sends new
+        work elsewhere until capacity returns."""
         service = _service(request)
-        if service.ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not_ready", "detail": service.not_ready_reason}, status_code=503,
-                            headers={"Retry-After": str(service.settings.retry_after_s)})
+        retry = {"Retry-After": str(service.settings.retry_after_s)}
+        if not service.ready:
+            return JSONResponse({"status": "not_ready", "detail": service.not_ready_reason}, status_code=503,
+                                headers=retry)
+        if service.saturated:
+            return JSONResponse({"status": "saturated", "detail": f"all {service.settings.max_in_flight} "
+                                 "prediction slots are in use"}, status_code=503, headers=retry)
+        return JSONResponse({"status": "ready"})
 
     for prefix in ("/health", "/v2/health"):
         health.add_api_route(f"{prefix}/live", live, methods=["GET"], response_model=HealthResponse)

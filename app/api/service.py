@@ -26,6 +26,7 @@ from app.api.problems import Problem
 from app.api.settings import ServiceSettings
 from app.api.store import ResultStore
 from app.api.uploads import Upload
+from app.errors import IngestionError, RefusalCode
 from app.inference import EXPANSION_DEFINITION, InferenceOutOfMemory, PredictionResult, Predictor
 from app.outputs import CompactResult
 
@@ -84,8 +85,13 @@ class PredictionService:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def saturated(self) -> bool:
+        """Every admission slot is taken: a new prediction would be refused with 503 ``overloaded``."""
+        return self._in_flight >= self.settings.max_in_flight
+
     def try_admit(self) -> bool:
-        if self._in_flight >= self.settings.max_in_flight:
+        if self.saturated:
             self.metrics.rejected.labels("capacity").inc()
             return False
         self._in_flight += 1
@@ -126,8 +132,8 @@ class PredictionService:
             timings: dict[str, float] = {}
             t0 = time.perf_counter()
             series = await self._cpu(
-                load_series, [str(p) for p in job.upload.files], series_instance_uid=job.series_instance_uid,
-                limits=limits,
+                self._read_backstopped, load_series, [str(p) for p in job.upload.files],
+                series_instance_uid=job.series_instance_uid, limits=limits,
             )
             self._stage(timings, "read", t0)
             job.upload.cleanup()  # the instances are in memory now
@@ -169,6 +175,21 @@ class PredictionService:
         finally:
             job.upload.cleanup()
             self.release()
+
+    def _read_backstopped(self, load_series: Any, paths: list[str], **kwargs: Any) -> Any:
+        """``load_series`` with a backstop: ingestion turns damaged client DICOM into refusals itself; a
+        library exception that still escapes it is answered as 422 ``invalid_dicom`` and counted in
+        ``ich_ingestion_backstop_total`` (by exception type, never its message, which may quote values)."""
+        try:
+            return load_series(paths, **kwargs)
+        except (IngestionError, Problem):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backstop is the point
+            self.metrics.backstop.labels("read", type(exc).__name__).inc()
+            log.warning("ingestion backstop", extra={"stage": "read", "error_type": type(exc).__name__})
+            raise Problem.from_ingestion(IngestionError(
+                RefusalCode.INVALID_DICOM, "An uploaded DICOM object could not be read (damaged or malformed)",
+            )) from None
 
     def _update_store_metrics(self) -> None:
         stats = self.store.stats()

@@ -3,11 +3,16 @@
 Settings come from ``ICH_*`` environment variables (see docs/service.md); ``--host``/``--port`` and the
 other flags override them. On SIGTERM/SIGINT uvicorn stops accepting connections, lets in-flight requests
 finish (up to ``ICH_SHUTDOWN_GRACE_S``), then the application stops its worker pools.
+
+The weights are loaded and checksum-verified *before* uvicorn starts: missing, corrupted or tampered weights stop
+start-up with the registry's message on stderr and exit status 2, instead of a process that is never ready.
+The warm-up pass then runs in the background while ``/health/live`` already answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -22,17 +27,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+EXIT_WEIGHTS = 2
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api import ServiceSettings, create_app
+    from app.inference import Predictor
+    from app.weights.registry import WeightsError
 
     overrides = {k: v for k, v in {
         "host": args.host, "port": args.port, "weights_dir": args.weights_dir,
         "weights_version": args.weights_version, "device": args.device,
     }.items() if v is not None}
     settings = ServiceSettings(**overrides)
-    app = create_app(settings)
+    try:
+        predictor = Predictor.from_registry(settings.weights_dir, settings.weights_version, settings.device,
+                                            settings.amp)
+    except WeightsError as exc:
+        print(f"error: cannot serve: weights in {settings.weights_dir} are unusable: {exc}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    except (ValueError, RuntimeError, OSError) as exc:  # e.g. an unavailable device, an unreadable file
+        print(f"error: cannot serve: loading the model failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    app = create_app(settings, predictor=predictor)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s), proxy_headers=False,

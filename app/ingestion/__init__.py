@@ -17,17 +17,28 @@ Refusals, in order of precedence: ``empty_input`` (nothing given), ``archive_inv
 ``not_dicom`` (no member is DICOM), ``no_image_series`` (DICOM, but no image object), ``not_ct`` (images, but
 none of modality CT), ``unsupported_sop_class`` (only enhanced multi-frame CT), ``no_image_series`` (only CT
 objects that are skipped, e.g. scouts and screen captures), then the series-level codes.
+
+Untrusted input: every attribute of a client dataset is read through the typed accessors of
+:mod:`~app.ingestion.attributes`, which turn parse failures into refusals naming the attribute keyword (never the
+value). A final guard in :func:`load_series` / :func:`inspect_inputs` turns any parse error that still escapes
+into ``invalid_dicom`` (``corrupt_pixel_data`` while pixels are handled), so damaged uploads never surface as
+unexpected exceptions. pydicom's warnings and log records, which quote element values, are silenced or redacted
+(:mod:`~app.ingestion.privacy`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import traceback
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import IngestionError, QualityWarning, RefusalCode, WarningCode
+from app.ingestion import privacy
+from app.ingestion.attributes import PARSE_ERRORS, get_text, keyword_from_error, try_floats, try_text
 from app.ingestion.geometry import build_volume
 from app.ingestion.reading import (
     Instance,
@@ -39,7 +50,7 @@ from app.ingestion.reading import (
     pixel_hash,
     transfer_syntax_name,
 )
-from app.ingestion.series import Candidate, choose, evaluate, group_candidates
+from app.ingestion.series import Candidate, choose, evaluate, group_candidates, sop_instance_uid
 from app.ingestion.sources import ArchiveLimits, expand_inputs
 from app.ingestion.types import IngestedSeries, SeriesSummary, SourceSlice
 
@@ -53,6 +64,9 @@ __all__ = [
 ]
 
 InputItem = str | os.PathLike[str] | bytes
+
+log = logging.getLogger(__name__)
+privacy.install()
 
 
 @dataclass
@@ -96,9 +110,9 @@ def _parse_all(inputs: Sequence[InputItem], limits: ArchiveLimits | None, run: _
         counts = dict(run.skipped)
         if not any(r not in {"directory", "no_pixel_data", "not_dicom"} for r in counts):
             raise IngestionError(RefusalCode.NO_IMAGE_SERIES, "The DICOM input holds no images.", {"skipped": counts})
-        has_ct_objects = any(str(i.ds.get("Modality", "")).upper() == "CT" for i in parsed)
+        has_ct_objects = any((try_text(i.ds, "Modality") or "").upper() == "CT" for i in parsed)
         if counts.get("non_ct_modality") and not has_ct_objects:
-            modalities = sorted({str(i.ds.get("Modality", "?")) for i in parsed if i.skip_reason == "non_ct_modality"})
+            modalities = sorted({try_text(i.ds, "Modality") or "?" for i in parsed if i.skip_reason == "non_ct_modality"})
             raise IngestionError(
                 RefusalCode.NOT_CT,
                 f"The input holds no CT images (modalities found: {', '.join(modalities)}).",
@@ -125,16 +139,14 @@ def _dedupe_sop_uids(instances: list[Instance]) -> tuple[list[Instance], int]:
     removed = 0
     for inst in instances:
         inst.pixel_hash = pixel_hash(inst)
-        uid = str(inst.ds.get("SOPInstanceUID", ""))
+        uid = sop_instance_uid(inst) or ""
         other = by_uid.get(uid) if uid else None
         if other is None:
             if uid:
                 by_uid[uid] = inst
             kept.append(inst)
             continue
-        same_place = [str(v) for v in other.ds.get("ImagePositionPatient", [])] == [
-            str(v) for v in inst.ds.get("ImagePositionPatient", [])
-        ]
+        same_place = try_floats(other.ds, "ImagePositionPatient", 3) == try_floats(inst.ds, "ImagePositionPatient", 3)
         if other.pixel_hash != inst.pixel_hash or not same_place:
             raise IngestionError(
                 RefusalCode.CONFLICTING_DUPLICATES,
@@ -212,15 +224,52 @@ def _ingest(
     return IngestedSeries(
         image=volume.image,
         slices=volume.slices,
-        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        study_instance_uid=get_text(first, "StudyInstanceUID", RefusalCode.INVALID_DICOM, "") or "",
         series_instance_uid=chosen.series_instance_uid,
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID")) if first.get("FrameOfReferenceUID") else None,
+        frame_of_reference_uid=get_text(first, "FrameOfReferenceUID", RefusalCode.INVALID_DICOM),
         resampled=volume.resampled,
         warnings=warnings,
         series_found=run.series_found(),
         transfer_syntaxes=syntaxes,
         source_headers=headers,
     )
+
+
+def _guarded_ingest(
+    inputs: Sequence[InputItem],
+    run: _Run,
+    *,
+    series_instance_uid: str | None,
+    limits: ArchiveLimits | None,
+    min_slices: int,
+) -> IngestedSeries:
+    """:func:`_ingest` with pydicom's value-quoting warnings silenced and a final guard: any parsing error of
+    client data that escaped the typed accessors becomes ``invalid_dicom`` (or ``corrupt_pixel_data`` when it
+    arose while the pixels were handled). The refusal names the failing attribute keyword when the error says
+    which tag failed, never the value; the log gets the exception type and the code location only."""
+    if isinstance(inputs, str | bytes | os.PathLike):
+        inputs = [inputs]  # type: ignore[list-item]
+    try:
+        with privacy.quiet_parsing():
+            return _ingest(inputs, run, series_instance_uid=series_instance_uid, limits=limits,
+                           min_slices=min_slices)
+    except IngestionError:
+        raise
+    except PARSE_ERRORS as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        site = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(frames)
+                     if f"{os.sep}app{os.sep}" in f.filename), "?")
+        in_pixels = any(f.name in {"decode_hu", "decode_all", "build_volume", "pixel_hash"} for f in frames)
+        keyword = keyword_from_error(exc)
+        log.warning("ingestion refused unparsable client data: %s at %s (attribute %s)",
+                    type(exc).__name__, site, keyword or "unknown")
+        code = RefusalCode.CORRUPT_PIXEL_DATA if in_pixels else RefusalCode.INVALID_DICOM
+        what = f"the attribute {keyword}" if keyword else "an attribute"
+        raise IngestionError(
+            code,
+            f"A DICOM object in the input cannot be parsed: {what} is damaged or has a wrong value representation.",
+            {"attribute": keyword, "error": type(exc).__name__},
+        ) from None
 
 
 def load_series(
@@ -234,9 +283,8 @@ def load_series(
 
     Raises :class:`app.errors.IngestionError` (with a stable ``code``) when the input cannot be analysed.
     """
-    if isinstance(inputs, str | bytes | os.PathLike):
-        inputs = [inputs]  # type: ignore[list-item]
-    return _ingest(inputs, _Run(), series_instance_uid=series_instance_uid, limits=limits, min_slices=min_slices)
+    return _guarded_ingest(inputs, _Run(), series_instance_uid=series_instance_uid, limits=limits,
+                           min_slices=min_slices)
 
 
 def _geometry_report(series: IngestedSeries) -> dict[str, Any]:
@@ -264,12 +312,11 @@ def inspect_inputs(
     (counts of members, DICOM objects and skipped objects per reason), ``checks`` (volume geometry of the
     chosen series), ``warnings`` and ``refusal`` ({code, message, details} or None).
     """
-    if isinstance(inputs, str | bytes | os.PathLike):
-        inputs = [inputs]  # type: ignore[list-item]
     run = _Run()
     report: dict[str, Any] = {"usable": False, "chosen_series": None, "refusal": None, "warnings": [], "checks": {}}
     try:
-        series = _ingest(inputs, run, series_instance_uid=series_instance_uid, limits=limits, min_slices=min_slices)
+        series = _guarded_ingest(inputs, run, series_instance_uid=series_instance_uid, limits=limits,
+                                 min_slices=min_slices)
     except IngestionError as exc:
         report["refusal"] = exc.as_dict()
         if run.chosen is not None:

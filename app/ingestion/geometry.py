@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from app.errors import IngestionError, QualityWarning, RefusalCode, WarningCode
 from app.ingestion.reading import AIR_HU, Instance
+from app.ingestion.series import orientation_of, pixel_spacing_of, position_of, sop_instance_uid
 from app.ingestion.types import SourceSlice
 
 POSITION_TOLERANCE_MM = 0.01
@@ -32,6 +33,7 @@ SPACING_REL_TOLERANCE = 0.01
 SPACING_ABS_TOLERANCE_MM = 0.05
 MAX_GAP_FACTOR = 2.0
 SHIFT_TOLERANCE_PX = 0.1
+MAX_GRID_GROWTH = 4.0  # resampled grid may hold at most this many times the acquired voxels
 
 
 @dataclass
@@ -68,7 +70,10 @@ def _same_pixels(a: Instance, b: Instance) -> bool:
 
 
 def _position(inst: Instance) -> np.ndarray:
-    return np.asarray([float(v) for v in inst.ds.ImagePositionPatient], dtype=np.float64)
+    ipp = position_of(inst)
+    if ipp is None:
+        raise _inconsistent("An image lacks a valid ImagePositionPatient.")
+    return np.asarray(ipp, dtype=np.float64)
 
 
 def _dedupe_positions(
@@ -107,9 +112,13 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
     ``default_spacing_mm`` gives the z spacing of a single-slice volume (SliceThickness, else 1 mm).
     """
     first = instances[0]
-    orientation = tuple(float(v) for v in first.ds.ImageOrientationPatient)
+    orientation = orientation_of(first)
+    if orientation is None:
+        raise _inconsistent("The series lacks a valid ImageOrientationPatient.")
     r, c, n = _unit_axes(orientation)
-    spacing_rc = [tuple(float(v) for v in i.ds.PixelSpacing) for i in instances]
+    spacing_rc = [pixel_spacing_of(i) for i in instances]
+    if any(s is None for s in spacing_rc):
+        raise _inconsistent("An image lacks a valid PixelSpacing.")
     if any(abs(s[0] - spacing_rc[0][0]) > 1e-4 or abs(s[1] - spacing_rc[0][1]) > 1e-4 for s in spacing_rc):
         raise _inconsistent("PixelSpacing differs between images of the series.")
     row_spacing, col_spacing = spacing_rc[0]
@@ -202,6 +211,12 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
             for k, inst in enumerate(ordered)
         ]
         n_out = int(math.floor((d[-1] - d[0]) / dz + 1e-3)) + 1
+        if width * height * n_out > MAX_GRID_GROWTH * rows * cols * len(ordered):
+            # in-plane offsets far larger than any tilt: scattered positions, not a tilted acquisition
+            raise _inconsistent(
+                "The image positions are scattered too widely in-plane to form one volume.",
+                grid_xyz=[width, height, n_out],
+            )
         targets = d[0] + dz * np.arange(n_out)
         volume = np.empty((n_out, height, width), dtype=np.float32)
         upper = np.clip(np.searchsorted(d, targets, side="left"), 1, len(d) - 1)
@@ -219,7 +234,7 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
     image.SetDirection(tuple(float(v) for v in np.column_stack([r, c, n]).ravel()))
     slices = [
         SourceSlice(
-            sop_instance_uid=str(inst.ds.get("SOPInstanceUID", "")),
+            sop_instance_uid=sop_instance_uid(inst) or "",
             sop_class_uid=inst.sop_class_uid,
             position=tuple(float(v) for v in positions[k]),  # type: ignore[arg-type]
             row_direction=tuple(float(v) for v in r),  # type: ignore[arg-type]

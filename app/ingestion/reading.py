@@ -38,6 +38,15 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from app.errors import IngestionError, RefusalCode
+from app.ingestion.attributes import (
+    PARSE_ERRORS,
+    get_float,
+    get_int,
+    get_text,
+    get_texts,
+    raw_value,
+    unreadable,
+)
 from app.ingestion.sources import Member, has_dicom_preamble
 
 log = logging.getLogger(__name__)
@@ -74,16 +83,19 @@ class Instance:
 
     @property
     def transfer_syntax(self) -> str:
+        """TransferSyntaxUID of the file meta (Implicit VR Little Endian when absent)."""
         meta = getattr(self.ds, "file_meta", None)
-        ts = meta.get("TransferSyntaxUID") if meta is not None else None
-        return str(ts) if ts else "1.2.840.10008.1.2"
+        if meta is None:
+            return "1.2.840.10008.1.2"
+        ts = get_text(meta, "TransferSyntaxUID", RefusalCode.UNSUPPORTED_TRANSFER_SYNTAX)
+        return ts or "1.2.840.10008.1.2"
 
     @property
     def sop_class_uid(self) -> str:
-        uid = self.ds.get("SOPClassUID")
+        uid = get_text(self.ds, "SOPClassUID", RefusalCode.INVALID_DICOM)
         if uid is None and getattr(self.ds, "file_meta", None) is not None:
-            uid = self.ds.file_meta.get("MediaStorageSOPClassUID")
-        return str(uid) if uid else ""
+            uid = get_text(self.ds.file_meta, "MediaStorageSOPClassUID", RefusalCode.INVALID_DICOM)
+        return uid or ""
 
 
 def _sane_preambleless(ds: pydicom.Dataset) -> bool:
@@ -100,29 +112,20 @@ def parse_member(member: Member) -> Instance | None:
     preamble = has_dicom_preamble(member.data)
     try:
         ds = pydicom.dcmread(io.BytesIO(member.data), force=not preamble)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, NotImplementedError,
-            AttributeError, IndexError, UnicodeDecodeError, OSError) as exc:
+        if not preamble and not _sane_preambleless(ds):
+            return None
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or "TransferSyntaxUID" not in meta:  # the default transfer syntax, made explicit
+            ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    except (*PARSE_ERRORS, InvalidDicomError, AttributeError, OSError) as exc:
         log.debug("member %s is not DICOM: %s", member.label, type(exc).__name__)
         return None
-    if not preamble:
-        try:
-            if not _sane_preambleless(ds):
-                return None
-        except Exception:  # noqa: BLE001 - any parse failure of garbage means "not DICOM"
-            return None
-        if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-            ds.file_meta = pydicom.dataset.FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     return Instance(member.label, ds)
 
 
 def _image_type(ds: pydicom.Dataset) -> list[str]:
-    value = ds.get("ImageType")
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value.upper()]
-    return [str(v).upper() for v in value]
+    return get_texts(ds, "ImageType", RefusalCode.INVALID_DICOM)
 
 
 def image_type(instance: Instance) -> list[str]:
@@ -137,7 +140,7 @@ def classify(instance: Instance) -> str | None:
         return "directory"
     if not any(tag in ds for tag in PIXEL_DATA_TAGS):
         return "no_pixel_data"
-    modality = str(ds.get("Modality", "")).upper()
+    modality = (get_text(ds, "Modality", RefusalCode.INVALID_DICOM) or "").upper()
     if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
         return "secondary_capture"
     if modality != "CT":
@@ -148,7 +151,7 @@ def classify(instance: Instance) -> str | None:
         return "other_sop_class"
     if "LOCALIZER" in _image_type(ds):
         return "localizer"
-    rescale_type = str(ds.get("RescaleType", "HU") or "HU").upper()
+    rescale_type = (get_text(ds, "RescaleType", RefusalCode.INVALID_DICOM) or "HU").upper()
     if rescale_type not in {"HU", "US"}:
         return "derived_non_hu"
     return None
@@ -160,13 +163,20 @@ def transfer_syntax_name(uid: str) -> str:
 
 
 def check_decodable(transfer_syntax: str) -> None:
-    """Raise ``unsupported_transfer_syntax`` when no installed decoder handles the transfer syntax."""
+    """Raise ``unsupported_transfer_syntax`` when no installed decoder handles the transfer syntax
+    (including a TransferSyntaxUID that is not a transfer syntax at all)."""
     uid = UID(transfer_syntax)
+    if not uid.is_transfer_syntax:
+        raise IngestionError(
+            RefusalCode.UNSUPPORTED_TRANSFER_SYNTAX,
+            "The file meta information names a TransferSyntaxUID that is not a known transfer syntax.",
+            {"transfer_syntax": str(uid) if uid.is_valid else None},
+        )
     if not uid.is_compressed:
         return
     try:
         decoder = get_decoder(uid)
-    except NotImplementedError as exc:
+    except (NotImplementedError, ValueError) as exc:
         raise IngestionError(
             RefusalCode.UNSUPPORTED_TRANSFER_SYNTAX,
             f"Pixel data in transfer syntax {transfer_syntax_name(uid)} cannot be decoded by this service.",
@@ -182,19 +192,23 @@ def check_decodable(transfer_syntax: str) -> None:
 
 def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
     """Boolean mask of padding pixels (PixelPaddingValue, optionally up to PixelPaddingRangeLimit), or None."""
-    if "PixelPaddingValue" not in ds:
+    code = RefusalCode.CORRUPT_PIXEL_DATA
+    value = get_int(ds, "PixelPaddingValue", code)
+    if value is None:
         return None
-    bits = int(ds.get("BitsAllocated", 16))
+    bits = get_int(ds, "BitsAllocated", code, 16)
+    representation = get_int(ds, "PixelRepresentation", code, 0)
 
     def signed(v: int) -> int:
         # (0028,0120) is US or SS; a value read as unsigned for signed pixel data is re-interpreted
-        if int(ds.get("PixelRepresentation", 0)) == 1 and v >= 2 ** (bits - 1):
-            return v - 2**bits
+        if representation == 1 and v >= 2 ** (bits - 1):  # type: ignore[operator]
+            return v - 2**bits  # type: ignore[operator]
         return v
 
-    value = signed(int(ds.PixelPaddingValue))
-    if "PixelPaddingRangeLimit" in ds:
-        limit = signed(int(ds.PixelPaddingRangeLimit))
+    value = signed(value)
+    limit = get_int(ds, "PixelPaddingRangeLimit", code)
+    if limit is not None:
+        limit = signed(limit)
         lo, hi = min(value, limit), max(value, limit)
         return (stored >= lo) & (stored <= hi)
     return stored == value
@@ -223,15 +237,19 @@ def decode_hu(instance: Instance) -> np.ndarray:
             f"The pixel data of an image ({transfer_syntax_name(ts)}) is damaged or truncated and cannot be decoded.",
             {"transfer_syntax": ts, "error": type(exc).__name__},
         ) from exc
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    code = RefusalCode.CORRUPT_PIXEL_DATA
+    rows, cols = get_int(ds, "Rows", code), get_int(ds, "Columns", code)
     if stored.shape != (rows, cols):
         raise IngestionError(
             RefusalCode.CORRUPT_PIXEL_DATA,
             "An image decodes to a shape that does not match its Rows/Columns (multi-frame or colour data).",
             {"decoded_shape": list(stored.shape), "rows": rows, "columns": cols},
         )
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = get_float(ds, "RescaleSlope", code, 1.0)
+    intercept = get_float(ds, "RescaleIntercept", code, 0.0)
+    if slope == 0.0:
+        raise unreadable("RescaleSlope", code)
+    assert slope is not None and intercept is not None
     if slope != 1.0:  # non-unit slopes (lossy re-encodings) are applied in float64 to keep HU exact
         hu = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
     else:
@@ -246,7 +264,9 @@ def decode_hu(instance: Instance) -> np.ndarray:
 
 def pixel_hash(instance: Instance) -> str:
     """SHA-256 of the encoded pixel bytes (identifies byte-identical duplicates without decoding)."""
-    raw = instance.ds.get("PixelData") or b""
+    raw = raw_value(instance.ds, "PixelData", RefusalCode.CORRUPT_PIXEL_DATA) or b""
+    if not isinstance(raw, bytes | bytearray):
+        raise unreadable("PixelData", RefusalCode.CORRUPT_PIXEL_DATA)
     return hashlib.sha256(bytes(raw)).hexdigest()
 
 
@@ -271,16 +291,28 @@ def is_lossy(instance: Instance) -> bool:
     """True when the transfer syntax is lossy or the header says lossy compression was applied before."""
     if instance.transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
         return True
-    return str(instance.ds.get("LossyImageCompression", "00")).strip() == "01"
+    try:
+        return get_text(instance.ds, "LossyImageCompression", RefusalCode.INVALID_DICOM) == "01"
+    except IngestionError:
+        return True  # unreadable: assume the worst, it only adds a warning
 
 
 def pixel_free_header(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A shallow copy of ``ds`` without pixel data (for DICOM SEG source references)."""
+    """A shallow copy of ``ds`` without pixel data (for DICOM SEG source references).
+
+    Elements whose value cannot be parsed (damaged, wrong VR) are left out: they could not be written into a
+    derived object either, and the analysis itself never depended on them.
+    """
     out = pydicom.Dataset()
     for tag in ds.keys():
         if int(tag) in PIXEL_DATA_TAGS:
             continue
-        out.add(ds[tag])
+        try:
+            elem = ds[tag]
+            _ = elem.value
+        except PARSE_ERRORS:
+            continue
+        out.add(elem)
     if getattr(ds, "file_meta", None) is not None:
         out.file_meta = ds.file_meta
     return out

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.errors import IngestionError, RefusalCode
+from app.ingestion.attributes import get_int, get_text, try_float, try_floats, try_text
 from app.ingestion.reading import Instance, image_type
 from app.ingestion.types import SeriesSummary
 
@@ -51,21 +52,29 @@ class Candidate:
 
     @property
     def n_distinct(self) -> int:
-        return len({str(i.ds.get("SOPInstanceUID", id(i))) for i in self.instances})
+        return len({sop_instance_uid(i) or str(id(i)) for i in self.instances})
 
 
-def _floats(value: object, n: int) -> tuple[float, ...] | None:
-    try:
-        out = tuple(float(v) for v in value)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-    if len(out) != n or not all(math.isfinite(v) for v in out):
-        return None
-    return out
+def sop_instance_uid(inst: Instance) -> str | None:
+    return get_text(inst.ds, "SOPInstanceUID", RefusalCode.INVALID_DICOM)
 
 
 def orientation_of(inst: Instance) -> tuple[float, ...] | None:
-    return _floats(inst.ds.get("ImageOrientationPatient"), 6)
+    """ImageOrientationPatient (6 direction cosines), or None when missing or unreadable."""
+    return try_floats(inst.ds, "ImageOrientationPatient", 6, max_abs=1.5)
+
+
+def position_of(inst: Instance) -> tuple[float, ...] | None:
+    """ImagePositionPatient (LPS, mm), or None when missing, unreadable or beyond 100 m."""
+    return try_floats(inst.ds, "ImagePositionPatient", 3, max_abs=1e5)
+
+
+def pixel_spacing_of(inst: Instance) -> tuple[float, ...] | None:
+    """PixelSpacing (row spacing, column spacing) in mm, or None when missing, unreadable or not in (0, 100]."""
+    spacing = try_floats(inst.ds, "PixelSpacing", 2, max_abs=100.0)
+    if spacing is None or min(spacing) <= 0:
+        return None
+    return spacing
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
@@ -75,13 +84,17 @@ def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
     return n / norm if norm > 0 else n
 
 
+def _orthonormal(orientation: tuple[float, ...] | None, tolerance: float = 1e-2) -> bool:
+    """Row and column direction cosines are unit vectors and orthogonal (within ``tolerance``)."""
+    if orientation is None:
+        return False
+    r, c = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    return (abs(float(np.linalg.norm(r)) - 1) < tolerance and abs(float(np.linalg.norm(c)) - 1) < tolerance
+            and abs(float(r @ c)) < tolerance)
+
+
 def _thickness(instances: list[Instance]) -> float | None:
-    values = []
-    for inst in instances:
-        try:
-            values.append(float(inst.ds.get("SliceThickness")))
-        except (TypeError, ValueError):
-            continue
+    values = [v for v in (try_float(i.ds, "SliceThickness", max_abs=1e3) for i in instances) if v is not None]
     return float(np.median(values)) if values else None
 
 
@@ -91,10 +104,10 @@ def group_candidates(instances: list[Instance]) -> list[Candidate]:
     for inst in instances:
         ori = orientation_of(inst)
         key = (
-            str(inst.ds.get("SeriesInstanceUID", "")),
+            get_text(inst.ds, "SeriesInstanceUID", RefusalCode.INVALID_DICOM, "") or "",
             tuple(round(v, 3) for v in ori) if ori else None,
-            int(inst.ds.get("Rows", 0) or 0),
-            int(inst.ds.get("Columns", 0) or 0),
+            get_int(inst.ds, "Rows", RefusalCode.CORRUPT_PIXEL_DATA, 0) or 0,
+            get_int(inst.ds, "Columns", RefusalCode.CORRUPT_PIXEL_DATA, 0) or 0,
         )
         groups.setdefault(key, []).append(inst)
     out = [
@@ -109,18 +122,15 @@ def evaluate(candidate: Candidate, min_slices: int) -> None:
     """Fill ``reason``, ``score`` and ``summary`` of a candidate."""
     insts = candidate.instances
     reason: str | None = None
-    geometry_ok = candidate.orientation is not None and all(
-        _floats(i.ds.get("ImagePositionPatient"), 3) is not None and _floats(i.ds.get("PixelSpacing"), 2) is not None
-        for i in insts
-    )
-    if not geometry_ok:
+    # orientation first: a sagittal or coronal reformat is "not axial" whatever its positions look like
+    if not _orthonormal(candidate.orientation):
         reason = str(RefusalCode.INCONSISTENT_GEOMETRY)
-    else:
-        normal = slice_normal(candidate.orientation)  # type: ignore[arg-type]
-        if abs(float(normal[2])) < math.cos(math.radians(MAX_AXIAL_ANGLE_DEG)):
-            reason = str(RefusalCode.NOT_AXIAL)
-        elif candidate.n_distinct < min_slices:
-            reason = str(RefusalCode.TOO_FEW_SLICES)
+    elif abs(float(slice_normal(candidate.orientation)[2])) < math.cos(math.radians(MAX_AXIAL_ANGLE_DEG)):  # type: ignore[arg-type]
+        reason = str(RefusalCode.NOT_AXIAL)
+    elif not all(position_of(i) is not None and pixel_spacing_of(i) is not None for i in insts):
+        reason = str(RefusalCode.INCONSISTENT_GEOMETRY)
+    elif candidate.n_distinct < min_slices:
+        reason = str(RefusalCode.TOO_FEW_SLICES)
     candidate.reason = reason
     types = image_type(insts[0])
     thickness = _thickness(insts)
@@ -134,10 +144,10 @@ def evaluate(candidate: Candidate, min_slices: int) -> None:
     first = insts[0].ds
     candidate.summary = SeriesSummary(
         series_instance_uid=candidate.series_instance_uid,
-        modality=str(first.get("Modality")) if first.get("Modality") else None,
+        modality=try_text(first, "Modality"),
         sop_class_uid=insts[0].sop_class_uid or None,
         image_type=types,
-        series_description=str(first.get("SeriesDescription")) if first.get("SeriesDescription") else None,
+        series_description=try_text(first, "SeriesDescription"),
         n_instances=candidate.n_distinct,
         slice_thickness_mm=thickness,
         rows=candidate.rows or None,
@@ -151,7 +161,7 @@ def evaluate(candidate: Candidate, min_slices: int) -> None:
 _REASON_MESSAGES = {
     RefusalCode.NOT_AXIAL: "The CT series is not an axial acquisition (slice normal more than 45 degrees from head-feet).",
     RefusalCode.TOO_FEW_SLICES: "The CT series has fewer slices than required.",
-    RefusalCode.INCONSISTENT_GEOMETRY: "The CT series lacks image position, orientation or pixel spacing.",
+    RefusalCode.INCONSISTENT_GEOMETRY: "The CT series lacks a valid image position, orientation or pixel spacing.",
 }
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,12 @@ from app.errors import IngestionError, RefusalCode
 
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # local file header; empty archive (end of central directory)
 _CHUNK = 1 << 20
+# what zipfile raises on damaged archives: bad headers (BadZipFile, struct.error, ValueError), damaged deflate
+# streams (zlib.error), encrypted members (RuntimeError), unsupported methods (NotImplementedError), truncation
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, RuntimeError, EOFError, NotImplementedError,
+    struct.error, zlib.error, KeyError, IndexError, OverflowError,
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ def _expand_zip(data: bytes, label: str, depth: int, budget: _Budget) -> Iterato
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise IngestionError(
             RefusalCode.ARCHIVE_INVALID, "A ZIP archive in the input cannot be read.", {"error": type(exc).__name__}
         ) from exc
@@ -130,8 +138,7 @@ def _expand_zip(data: bytes, label: str, depth: int, budget: _Budget) -> Iterato
                 content = _read_zip_member(zf, info, budget)
             except IngestionError:
                 raise
-            except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, NotImplementedError) as exc:
-                # RuntimeError: encrypted member; NotImplementedError: unsupported compression method
+            except _ZIP_ERRORS as exc:
                 raise IngestionError(
                     RefusalCode.ARCHIVE_INVALID,
                     "A member of a ZIP archive cannot be decompressed.",

@@ -6,10 +6,16 @@ source image geometry: ImagePositionPatient / ImageOrientationPatient / PixelSpa
 3D Slicer and PACS viewers overlay it on the original images. The patient module is copied from the source
 headers because DICOM requires it to match; the SEG therefore contains whatever identifiers the source did and
 must be handled like the source images.
+
+highdicom reads the type-2 patient and study attributes of the first source instance unconditionally; anonymised
+series often lack some of them (the GE head CT of dcm_qa_ct has no PatientBirthDate), so a deep copy of that
+header gets the missing ones as empty values (type 2: present, possibly empty) before the SEG is built. The
+caller's headers are never modified.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Sequence
 
@@ -20,6 +26,19 @@ from pydicom.sr.codedict import codes
 
 MANUFACTURER = "ich-expansion"
 SEGMENT_LABEL = "Haematoma"
+# Type-2 attributes of the Patient and General Study modules that highdicom copies from the first source image.
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def with_type2_attributes(header: pydicom.Dataset) -> pydicom.Dataset:
+    """A deep copy of ``header`` in which every missing :data:`TYPE2_PATIENT_STUDY` attribute is present and
+    empty; ``header`` itself is unchanged."""
+    filled = copy.deepcopy(header)
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in filled:
+            setattr(filled, keyword, "")
+    return filled
 
 
 def _algorithm(name: str, version: str) -> hd.AlgorithmIdentificationSequence:
@@ -58,8 +77,10 @@ def build_seg(
         algorithm_identification=algorithm,
     )
     binary = (masks > 0).astype(np.uint8)
+    sources = list(source_headers)
+    sources[0] = with_type2_attributes(sources[0])
     seg = hd.seg.Segmentation(
-        source_images=list(source_headers),
+        source_images=sources,
         pixel_array=binary,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],

@@ -41,6 +41,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     *MARKER_COLUMNS,
     "label",
     "scanner",
+    "image_nifti",  # informational: a NIfTI copy of `image` (the synthetic generator writes it); not read
 )
 # The paper: training cohort February 2012 - August 2018, test cohort September 2018 - October 2019.
 PAPER_CUTOFF = dt.date(2018, 9, 1)

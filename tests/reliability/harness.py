@@ -52,7 +52,7 @@ CLIENT_CODES: dict[int, set[str]] = {
     415: {"not_dicom", "unsupported_transfer_syntax", "unsupported_media_type"},
     422: {"no_image_series", "not_ct", "ambiguous_series", "series_not_found", "too_few_slices", "missing_slices",
           "conflicting_duplicates", "corrupt_pixel_data", "not_axial", "inconsistent_geometry", "brain_not_found",
-          "validation_error", "unsupported_sop_class"},
+          "validation_error", "unsupported_sop_class", "invalid_dicom"},
     503: {"overloaded", "not_ready", "processing_timeout", "out_of_memory"},
 }
 RESULT_KEYS = {"id", "model", "input", "expansion", "haematoma", "links", "timings_ms"}

@@ -54,8 +54,7 @@ def test_every_object_alone(server: FaultServer, shared_data: Path) -> None:
 
 
 @pytest.mark.parametrize("folder", [
-    pytest.param("GE", marks=pytest.mark.xfail(strict=True, reason="defect D6: 500 building the SEG when the "
-                 "source lacks PatientBirthDate (app/outputs/seg.py:61)")),
+    "GE",  # regression D6: no PatientBirthDate in the source (SEG build failed with a 500)
     "Philips/S21570/S2010",
 ])
 def test_real_series(server: FaultServer, shared_data: Path, folder: str) -> None:

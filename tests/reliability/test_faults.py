@@ -44,9 +44,9 @@ def test_oom_and_inference_failure_fail_only_that_request(server: FaultServer, c
         assert client.get("/health/ready").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="defect D2: after a 500 the server drops the keep-alive connection, so "
-                   "the client's next request is reset (app/api/problems.py _unexpected re-raised by Starlette)")
 def test_keepalive_connection_survives_a_server_fault(server: FaultServer, canary_series: list[Path]) -> None:
+    """Regression D2: a 500 used to be re-raised to Starlette's ServerErrorMiddleware, and uvicorn then
+    dropped the keep-alive connection; the request_context middleware now answers it itself."""
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         server.set_faults(error=1)
         assert client.post("/v1/predictions", files=_files(canary_series)).status_code == 500
@@ -90,9 +90,8 @@ def tampered_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="defect D3: a weights load failure leaves the process running, "
-                   "not ready, instead of exiting (app/api/service.py load(), app/api/main.py lifespan)")
 def test_tampered_weights_stop_startup(tampered_weights: Path, tmp_path: Path) -> None:
+    """Regression D3: tampered weights used to leave a live process that was never ready."""
     env = {**os.environ, "ICH_WEIGHTS_DIR": str(tampered_weights), "ICH_PORT": "0", "ICH_DEVICE": "cpu",
            "PYTHONPATH": str(ROOT)}
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .harness import FaultServer, canary_hits, check_answer
 
@@ -40,10 +39,8 @@ def test_canary_only_in_seg(server: FaultServer, canary_series: list[Path]) -> N
     assert not leaks, leaks
 
 
-@pytest.mark.xfail(strict=True, reason="defect D5: pydicom warnings with raw element values (patient module "
-                   "included) reach the server log (app/api/logging_config.py configure_logging)")
 def test_canary_never_in_server_log(server: FaultServer, canary_series: list[Path]) -> None:
-    """Reads the whole session log, so it sees the fuzz campaign's damaged canary files too when run after it;
+    """Regression D5 (pydicom warnings quoted element values into the log). Reads the whole session log, so it sees the fuzz campaign's damaged canary files too when run after it;
     one bit-flipped instance is posted here so the check does not depend on test order."""
     data = bytearray(canary_series[0].read_bytes())
     pos = data.find(b"\x08\x00\x16\x00UI")  # SOPClassUID: break its length so pydicom warns about its value
