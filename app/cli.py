@@ -12,7 +12,7 @@ COMMAND_MODULES = ("inspect", "convert", "model_info", "predict", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m app", description="ICH expansion service: inspect/convert DICOM, model-info, predict without a server, serve the HTTP API.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -12,7 +12,7 @@ COMMAND_MODULES = ("synth", "train", "cv", "evaluate", "compare_auc", "register"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model_training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m model_training", description="ICH expansion training package: synthetic cohorts, training, cross-validation, evaluation, AUC comparison, weight registration.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--ci-method", choices=("wilson_cc", "wilson", "exact"), default="wilson_cc",
+                   help="95%% CI of sensitivity/specificity: wilson_cc (R prop.test, as the paper; default), "
+                   "wilson, exact (Clopper-Pearson)")
     add_data_options(p)
     p.set_defaults(func=run)
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = evaluate_run(args.run, args.manifest, args.out, cache_dir=args.cache_dir, device=args.device,
                        preprocess_workers=args.preprocess_workers, inclusive=args.inclusive_label,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, ci_method=args.ci_method)
     print(json.dumps({"report": str(args.out), "threshold": res["threshold"], "test": {
         k: res["test"][k] for k in ("dice_mean", "dice_sd", "auc", "auc_ci95")}}))
     return 0

@@ -63,8 +63,14 @@ def evaluate_run(
     preprocess_workers: int | None = None,
     inclusive: bool = False,
     progress: bool = True,
+    ci_method: str = "wilson_cc",
 ) -> dict[str, Any]:
-    """Evaluate ``run_dir`` on the train/test split recorded in the run (see the module docstring)."""
+    """Evaluate ``run_dir`` on the train/test split recorded in the run (see the module docstring).
+
+    ``ci_method`` is the interval for sensitivity and specificity: ``wilson_cc`` (default; Wilson with continuity
+    correction, R's ``prop.test``, which reproduces the paper's Table 2 intervals), ``wilson`` or ``exact``
+    (Clopper-Pearson).
+    """
     from model_training.evaluation.binary_metrics import youden_threshold
     from model_training.evaluation.delong import auc_ci
     from model_training.evaluation.report import build_table2
@@ -100,7 +106,8 @@ def evaluate_run(
     threshold = youden.threshold
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table2(_rows(train, pred_train), _rows(test, pred_test), out_dir,
-                         dice=[p["dice"] for p in pred_test], cnn_threshold=threshold)
+                         dice=[p["dice"] for p in pred_test], cnn_threshold=threshold,
+                         ci_method=ci_method)
     with open(out_dir / "predictions.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["case_id", "split", "label", "probability", "dice"])
         w.writeheader()
