@@ -2,7 +2,9 @@
 
 ``python bench/fuzz_service.py --cases 10000 --max-seconds 3600 --seed 1`` prints one JSON object: cases run,
 outcome counts (``200``, ``<status>:<code>``, ``error:<type>``), oracle violations (first 50, with the
-reproducing ``mutator[seed:index]``) and request latency percentiles. Bounded in count and time. The server
+reproducing ``mutator[seed:index]``), request latency percentiles, the server's backstop counters (library
+exceptions that escaped ingestion, unhandled errors), its resident memory at the end and the canary strings
+found in its log (must be none). Bounded in count and time. The server
 serves the small deterministic test model (tests/reliability/fault_server.py) unless ``--weights-dir`` is given.
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reliability.harness import check_answer, start_fault_server, write_canary_series  # noqa: E402
+from reliability.harness import canary_hits, check_answer, start_fault_server, write_canary_series  # noqa: E402
 from reliability.mutators import make_case  # noqa: E402
 
 
@@ -58,16 +60,42 @@ def main(argv: list[str] | None = None) -> int:
                             violations.append(f"{case.name}: {str(exc)[:300]}")
                     latencies.append((time.perf_counter() - s) * 1000)
                 ready = client.get("/health/ready").status_code
+                counters = metric_sums(client.get("/metrics").text, ("ich_ingestion_backstop_total",
+                                                                     "ich_unhandled_errors_total"))
+                rss_mib = rss_kib(server.process.pid) / 1024
         finally:
             code = server.stop()
+        leaked = canary_hits(server.log_text())
         lat = np.array(latencies or [0.0])
         print(json.dumps({
             "cases": n, "seconds": round(time.monotonic() - t0, 1), "seed": args.seed,
             "outcomes": dict(outcomes.most_common()), "violations": violations,
             "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p95", "p99")},
-            "ready_after": ready, "server_exit": code,
+            "ready_after": ready, "server_exit": code, "server_counters": counters,
+            "server_rss_mib_at_end": round(rss_mib, 1), "canary_hits_in_server_log": leaked,
         }, indent=2))
-    return 1 if violations else 0
+    return 1 if violations or leaked else 0
+
+
+def metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sum of every sample of each Prometheus counter in ``names`` (all label sets)."""
+    sums = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (``VmRSS`` of /proc/PID/status); 0 where unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 if __name__ == "__main__":

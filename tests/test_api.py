@@ -229,6 +229,13 @@ def _refusal_request(code: str, d: Path, shared: Path | None) -> dict:
         return {"content": bomb.getvalue(), "headers": {"Content-Type": "application/zip"}}
     if code == "brain_not_found":  # valid CT of air: ingestion accepts it, preprocessing finds no brain
         return _files(write_ct_series(d, n_slices=6, hu_at=lambda p: np.full(p.shape[:-1], -1000.0)))
+    if code == "invalid_dicom":  # Modality (CS) relabelled FD: its 2-byte value cannot be an 8-byte float
+        paths = write_ct_series(d, n_slices=4)
+        for path in paths:
+            blob = path.read_bytes()
+            at = blob.find(b"\x08\x00\x60\x00CS")
+            path.write_bytes(blob[: at + 4] + b"FD" + blob[at + 6:])
+        return _files(paths)
     if code == "unsupported_sop_class":
         assert shared is not None
         return _files([shared / "cornerstone_ct_transfer_syntaxes" / "CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"])

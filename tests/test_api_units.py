@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 import pytest
 
@@ -155,3 +156,84 @@ def test_openapi_docs_can_be_switched_off() -> None:
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert asyncio.run(get(False, path)).status_code == 404
     assert asyncio.run(get(True, "/openapi.json")).json()["paths"]["/v1/predictions"]["post"]
+
+
+def test_value_quoting_libraries_are_logged_without_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression D5: pydicom log records and warnings quote element values; the service logs neither."""
+    import logging
+    import warnings
+
+    from app.api.logging_config import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, warnings.showwarning)
+    try:
+        configure_logging("INFO")
+        logging.getLogger("pydicom").error("Invalid value for VR PN: 'Canarywick^Zebedee'")
+        logging.getLogger("pydicom.valuerep").error("bad DA %s", "19230417")
+        warnings.warn_explicit("Invalid value for VR LO: 'CANARY-7731-XQ'", UserWarning, "dcmlib/valuerep.py", 12,
+                               module="dcmlib")  # not pydicom: app.ingestion silences those at the source
+        logging.getLogger("pydicom").warning("below ERROR: dropped 'ACCCANARY99'")
+    finally:
+        root.handlers[:], warnings.showwarning = saved[0], saved[2]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    for canary in ("Canarywick", "19230417", "CANARY-7731-XQ", "ACCCANARY99"):
+        assert canary not in err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [ln["logger"] for ln in lines] == ["pydicom", "pydicom.valuerep", "app.warnings"]
+    assert lines[2]["category"] == "UserWarning" and lines[2]["where"] == "valuerep.py:12"
+
+
+def test_unexpected_exception_is_a_clean_500_counted_and_value_free(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression D2: an exception no handler claims is answered by the request_context middleware itself
+    (never re-raised to Starlette, which would drop the keep-alive connection), counted, and logged without
+    its message."""
+    import httpx
+    from fastapi import APIRouter
+
+    from app.api import create_app
+
+    app = create_app(ServiceSettings(weights_dir="/nonexistent"))
+    boom = APIRouter()
+
+    @boom.get("/boom")
+    async def _boom() -> None:
+        raise RuntimeError("value 'Canarywick^Zebedee'")
+
+    app.include_router(boom)
+
+    async def go() -> tuple[httpx.Response, str]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get("/boom")
+            return r, (await client.get("/metrics")).text
+
+    r, metrics = asyncio.run(go())
+    assert r.status_code == 500 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "internal_error" and "Canarywick" not in r.text
+    assert 'ich_unhandled_errors_total{error_type="RuntimeError",route="/boom"} 1.0' in metrics
+    assert "Canarywick" not in capsys.readouterr().err
+
+
+def test_readiness_is_503_while_saturated() -> None:
+    """Regression D4: /health/ready answers 503 + Retry-After while every admission slot is taken."""
+    import httpx
+
+    from app.api import create_app
+
+    app = create_app(ServiceSettings(weights_dir="/nonexistent", max_in_flight=2, retry_after_s=3))
+    service = app.state.service
+    service.ready = True
+
+    async def ready() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.get("/health/ready")
+
+    assert asyncio.run(ready()).status_code == 200
+    assert service.try_admit() and service.try_admit() and not service.try_admit()
+    r = asyncio.run(ready())
+    assert r.status_code == 503 and r.headers["Retry-After"] == "3" and r.json()["status"] == "saturated"
+    service.release()
+    assert asyncio.run(ready()).status_code == 200
+    service.release()

@@ -63,11 +63,11 @@ PRESETS: dict[str, Preset] = {
     "cpu-default": Preset(
         name="cpu-default",
         description="Default weights trained on a 2-core CPU: 32x96x96 over the paper's 160x112x112 mm field of "
-        "view (1.17 mm in-plane, 5 mm slices), halved widths, 4 epochs with every pass randomly augmented "
-        "(rotation/scale/translation as the paper), Adam lr 1e-3 divided by 10 at the last epoch.",
+        "view (1.17 mm in-plane, 5 mm slices), halved widths, 3 epochs with every pass randomly augmented "
+        "(rotation/scale/translation as the paper), Adam lr 1e-3 divided by 10 for the last epoch.",
         plans_overrides={"name": "zhong2021-cpu96", "matrix_zyx": (32, 96, 96)},
         model=ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_widths=(32, 16), cls_width=64),
-        schedule=Schedule(epochs=4, lr=1e-3, milestones=(3,), aug_copies=1, include_original=False,
+        schedule=Schedule(epochs=3, lr=1e-3, milestones=(2,), aug_copies=1, include_original=False,
                           val_fraction=0.1),
     ),
     "smoke": Preset(

@@ -84,8 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights-dir", type=Path, default=None)
     args = parser.parse_args()
-    if args.weights_dir is not None:
-        app = create_app(ServiceSettings(weights_dir=args.weights_dir))
+    if args.weights_dir is not None:  # as ``python -m app serve``: weights loaded and verified before serving
+        settings = ServiceSettings(weights_dir=args.weights_dir)
+        predictor = Predictor.from_registry(settings.weights_dir, settings.weights_version, settings.device,
+                                            settings.amp)
+        app = create_app(settings, predictor=predictor)
     else:
         fault_file = Path(os.environ["ICH_TEST_FAULT_FILE"])
         predictor = FaultInjectingPredictor(random_weights(), "cpu", fault_file=fault_file)
