@@ -311,7 +311,7 @@ def test_concurrency_bounded(server: ServerProcess, phantom: list[Path], multipa
 
 
 def _readme_block(marker: str, language: str) -> str:
-    text = (ROOT / "docs" / "service.md").read_text()
+    text = (ROOT / "README.md").read_text()
     after = text.split(f"<!-- {marker}", 1)[1]
     return after.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 

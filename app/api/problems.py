@@ -20,7 +20,7 @@ from app.errors import IngestionError, RefusalCode
 log = logging.getLogger("app.api")
 
 PROBLEM_JSON = "application/problem+json"
-TYPE_BASE = "https://github.com/ich-expansion/ich-expansion/blob/main/docs/service.md#error-codes"
+TYPE_BASE = "https://github.com/ich-expansion/ich-expansion/blob/main/README.md#error-codes"
 
 # HTTP status of each ingestion refusal: 415 for content we cannot read as a CT image, 413 over limits,
 # 400 for malformed requests, 422 for well-formed DICOM that cannot be analysed.

@@ -1,7 +1,7 @@
 """Service settings, read from environment variables with the prefix ``ICH_`` (or an env file).
 
 Example: ``ICH_DEVICE=cuda ICH_API_KEYS=sha256:9f86d0...,other-key python -m app serve``.
-Sizes are in bytes, durations in seconds. Every field is documented in docs/service.md.
+Sizes are in bytes, durations in seconds. Every field is documented in README.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``python -m app serve [--host H] [--port P]``: run the HTTP service with uvicorn.
 
-Settings come from ``ICH_*`` environment variables (see docs/service.md); ``--host``/``--port`` and the
+Settings come from ``ICH_*`` environment variables (see README.md); ``--host``/``--port`` and the
 other flags override them. On SIGTERM/SIGINT uvicorn stops accepting connections, lets in-flight requests
 finish (up to ``ICH_SHUTDOWN_GRACE_S``), then the application stops its worker pools.
 

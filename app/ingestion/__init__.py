@@ -217,7 +217,8 @@ def _ingest(
             "The images were stored with lossy compression: " + ", ".join(transfer_syntax_name(t) for t in lossy),
             {"transfer_syntaxes": lossy},
         ))
-    headers = [pixel_free_header(i.ds) for i in volume.instances]
+    # the SEG copies patient/study attributes from the first header only: parse it completely, copy the others
+    headers = [pixel_free_header(i.ds, parse_all=k == 0) for k, i in enumerate(volume.instances)]
     for inst in instances:  # release encoded and decoded pixels; the volume holds its own copy
         inst.hu = None
     first = volume.instances[0].ds

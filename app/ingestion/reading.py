@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from app.errors import IngestionError, RefusalCode
@@ -297,22 +299,49 @@ def is_lossy(instance: Instance) -> bool:
         return True  # unreadable: assume the worst, it only adds a warning
 
 
-def pixel_free_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+#: attributes that highdicom reads from *every* source image when it builds a SEG (series consistency, frame
+#: references and plane positions); the rest of a non-first header is copied without being parsed
+SEG_PER_SOURCE_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Rows",
+    "Columns",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpecificCharacterSet",
+)
+_SEG_PER_SOURCE_TAGS = frozenset(int(pydicom.datadict.tag_for_keyword(k)) for k in SEG_PER_SOURCE_KEYWORDS)
+
+
+def pixel_free_header(ds: pydicom.Dataset, *, parse_all: bool = True) -> pydicom.Dataset:
     """A shallow copy of ``ds`` without pixel data (for DICOM SEG source references).
 
-    Elements whose value cannot be parsed (damaged, wrong VR) are left out: they could not be written into a
-    derived object either, and the analysis itself never depended on them.
+    Elements are copied as they are held, still-encoded ones (``RawDataElement``) without being parsed, so a
+    header costs a dictionary copy rather than a conversion of every value. Elements whose value cannot be parsed
+    (damaged, wrong VR) are left out: they could not be written into a derived object either, and the analysis
+    itself never depended on them. ``parse_all=True`` checks every element that way (use it for the header the
+    SEG copies patient and study attributes from, the first one); ``parse_all=False`` checks only
+    :data:`SEG_PER_SOURCE_KEYWORDS`, the attributes read from every source image.
     """
-    out = pydicom.Dataset()
-    for tag in ds.keys():
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    for elem in ds.elements():  # top level, without converting raw elements
+        tag = elem.tag
         if int(tag) in PIXEL_DATA_TAGS:
             continue
-        try:
-            elem = ds[tag]
-            _ = elem.value
-        except PARSE_ERRORS:
-            continue
-        out.add(elem)
+        if parse_all or int(tag) in _SEG_PER_SOURCE_TAGS:
+            try:
+                elem = ds[tag]  # parses a raw element once (and keeps the parsed one in ``ds`` too)
+                _ = elem.value
+            except PARSE_ERRORS:
+                continue
+        elements[BaseTag(tag)] = elem
+    # Dataset(dict) adopts the elements as they are; item assignment would parse every private element
+    out = pydicom.Dataset(elements)
     if getattr(ds, "file_meta", None) is not None:
         out.file_meta = ds.file_meta
     return out

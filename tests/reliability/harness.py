@@ -42,7 +42,7 @@ CANARY_BIRTH_DATE = "19230417"
 CANARY_ACCESSION = "ACCCANARY99"
 CANARY_STRINGS = ("Canarywick", "Zebedee", CANARY_ID, CANARY_BIRTH_DATE, CANARY_ACCESSION)
 
-# Documented problem codes (docs/service.md) by status; 503 only for capacity/readiness/timeouts.
+# Documented problem codes (README.md) by status; 503 only for capacity/readiness/timeouts.
 CLIENT_CODES: dict[int, set[str]] = {
     400: {"empty_input", "archive_invalid", "invalid_request"},
     401: {"unauthorized"},
