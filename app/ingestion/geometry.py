@@ -10,9 +10,15 @@ Gantry tilt is detected from geometry alone: the in-plane offset of each slice's
 (``(IPP_k - IPP_0) . r`` and ``. c``) is zero for an orthogonal stack and grows linearly with ``d`` under tilt;
 the tilt angle is ``atan(|in-plane offset| / d-range)``. Any in-plane offset larger than a tenth of a pixel, or
 spacing along the normal that deviates from the median by more than ``max(1 %, 0.05 mm)``, triggers resampling
-onto an orthogonal grid: every source slice is first shifted in-plane onto a common grid (SimpleITK, linear;
-the grid covers the union of all slices, outside is air), then slices are linearly interpolated along the normal
-onto planes spaced by the median spacing. A gap larger than twice the median spacing is missing data (refused).
+onto an orthogonal grid: every source slice is first shifted in-plane onto a common grid (bilinear with
+SimpleITK's edge rules, as two vectorised 1D passes; the grid covers the union of all slices, outside is air),
+then slices are linearly interpolated along the normal onto planes spaced by the median spacing. A gap larger
+than twice the median spacing is missing data (refused).
+
+One 3D ``sitk.Resample`` of the sheared stack (non-orthogonal direction matrix) gives the same volume for evenly
+spaced tilted series (max difference 2e-7 HU on the Philips S21610 series) but was measured slower (0.60 s vs
+0.44 s for 58 slices of 512x512: ITK takes its general per-point path for mismatched directions), and it cannot
+express uneven spacing; the separable shift takes 0.16 s.
 """
 
 from __future__ import annotations
@@ -96,14 +102,81 @@ def _dedupe_positions(
     return [ordered[k] for k in keep], positions[keep], removed
 
 
-def _resample_in_plane(hu: np.ndarray, a: float, b: float, spacing_xy: tuple[float, float],
-                       reference: sitk.Image) -> np.ndarray:
-    """Shift one slice (in-plane coordinates (a, b) of its first pixel, mm) onto the common 2D grid."""
-    src = sitk.GetImageFromArray(hu)
-    src.SetOrigin((a, b))
-    src.SetSpacing(spacing_xy)
-    out = sitk.Resample(src, reference, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)
+def _shift_axis(arr: np.ndarray, axis: int, shift_px: float, n_out: int) -> np.ndarray:
+    """Linear interpolation of ``arr`` along ``axis`` at input indices ``u = i - shift_px``, ``i < n_out``.
+
+    SimpleITK's conventions (``LinearInterpolateImageFunction``): taps beyond the edge are clamped to it, and
+    samples outside ``-0.5 <= u <= n_in - 0.5`` are air. The shift is the same for every sample, so the taps
+    are two contiguous windows of the edge-padded array with one scalar weight.
+    """
+    n_in = arr.shape[axis]
+    lower = math.floor(-shift_px)  # tap of sample i is i + lower
+    frac = np.float32(-shift_px - lower)
+    before = max(0, -lower)
+    after = max(0, lower + n_out + 1 - n_in)
+    pad = [(0, 0)] * arr.ndim
+    pad[axis] = (before, after)
+    padded = np.pad(arr, pad, mode="edge") if before or after else arr
+    start = lower + before
+
+    def window(offset: int) -> np.ndarray:
+        index = [slice(None)] * arr.ndim
+        index[axis] = slice(start + offset, start + offset + n_out)
+        return padded[tuple(index)]
+
+    out = window(0) * (np.float32(1.0) - frac)
+    if frac:
+        out += window(1) * frac
+    i = np.arange(n_out)
+    outside = (i - shift_px < -0.5) | (i - shift_px > n_in - 0.5)
+    if outside.any():
+        index = [slice(None)] * arr.ndim
+        index[axis] = outside  # type: ignore[call-overload]
+        out[tuple(index)] = AIR_HU
+    return out
+
+
+def _shift_in_plane(hu: np.ndarray, shift_xy_px: tuple[float, float], size_xy: tuple[int, int]) -> np.ndarray:
+    """Translate one slice (y, x) by ``shift_xy_px`` pixels onto a ``size_xy`` grid with bilinear interpolation;
+    samples outside the slice are air. A translation keeps bilinear interpolation separable: two 1D passes,
+    numerically ``sitk.Resample(..., sitkLinear, AIR_HU)`` of the shifted slice (same clamping and inside
+    rule) and several times faster than it."""
+    rows = _shift_axis(hu.astype(np.float32, copy=False), 1, shift_xy_px[0], size_xy[0])
+    return _shift_axis(rows, 0, shift_xy_px[1], size_xy[1])
+
+
+def _resample_slicewise(
+    ordered: list[Instance],
+    a: np.ndarray,
+    b: np.ndarray,
+    d: np.ndarray,
+    spacing_xy: tuple[float, float],
+    corner_ab: tuple[float, float],
+    size_xy: tuple[int, int],
+    dz: float,
+    n_out: int,
+) -> np.ndarray:
+    """Shift every slice in-plane onto the common grid (corner ``corner_ab``, mm along r and c; bilinear), then
+    interpolate linearly along the normal onto planes ``dz`` apart (float32, z-y-x)."""
+    width, height = size_xy
+    rows, cols = ordered[0].hu.shape  # type: ignore[union-attr]
+    a0, b0 = corner_ab
+    shifted = [
+        inst.hu if (width == cols and height == rows and abs(a[k] - a0) < 1e-6 and abs(b[k] - b0) < 1e-6)
+        else _shift_in_plane(inst.hu, ((a[k] - a0) / spacing_xy[0], (b[k] - b0) / spacing_xy[1]),  # type: ignore[arg-type]
+                             size_xy)
+        for k, inst in enumerate(ordered)
+    ]
+    targets = d[0] + dz * np.arange(n_out)
+    volume = np.empty((n_out, height, width), dtype=np.float32)
+    upper = np.clip(np.searchsorted(d, targets, side="left"), 1, len(d) - 1)
+    for j, t in enumerate(targets):
+        k1 = int(upper[j])
+        k0 = k1 - 1
+        w = float(np.clip((t - d[k0]) / (d[k1] - d[k0]), 0.0, 1.0))
+        np.multiply(shifted[k0], 1.0 - w, out=volume[j])
+        volume[j] += w * shifted[k1]
+    return volume
 
 
 def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm: float | None = None) -> Volume:
@@ -202,14 +275,6 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
         a0, b0 = float(a.min()), float(b.min())
         width = int(round((float(a.max()) + (cols - 1) * sx - a0) / sx)) + 1
         height = int(round((float(b.max()) + (rows - 1) * sy - b0) / sy)) + 1
-        reference = sitk.Image(width, height, sitk.sitkFloat32)
-        reference.SetOrigin((a0, b0))
-        reference.SetSpacing((sx, sy))
-        shifted = [
-            inst.hu if (width == cols and height == rows and abs(a[k] - a0) < 1e-6 and abs(b[k] - b0) < 1e-6)
-            else _resample_in_plane(inst.hu, float(a[k]), float(b[k]), (sx, sy), reference)  # type: ignore[arg-type]
-            for k, inst in enumerate(ordered)
-        ]
         n_out = int(math.floor((d[-1] - d[0]) / dz + 1e-3)) + 1
         if width * height * n_out > MAX_GRID_GROWTH * rows * cols * len(ordered):
             # in-plane offsets far larger than any tilt: scattered positions, not a tilted acquisition
@@ -217,16 +282,8 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
                 "The image positions are scattered too widely in-plane to form one volume.",
                 grid_xyz=[width, height, n_out],
             )
-        targets = d[0] + dz * np.arange(n_out)
-        volume = np.empty((n_out, height, width), dtype=np.float32)
-        upper = np.clip(np.searchsorted(d, targets, side="left"), 1, len(d) - 1)
-        for j, t in enumerate(targets):
-            k1 = int(upper[j])
-            k0 = k1 - 1
-            w = float(np.clip((t - d[k0]) / (d[k1] - d[k0]), 0.0, 1.0))
-            np.multiply(shifted[k0], 1.0 - w, out=volume[j])
-            volume[j] += w * shifted[k1]
         origin = a0 * r + b0 * c + d[0] * n
+        volume = _resample_slicewise(ordered, a, b, d, (sx, sy), (a0, b0), (width, height), dz, n_out)
 
     image = sitk.GetImageFromArray(volume)
     image.SetOrigin(tuple(float(v) for v in origin))

@@ -53,9 +53,13 @@ _IN_PLANE_CROSS = np.array(
 )
 
 
-def _ball_steps(
-    radius_mm: float, spacing_zyx: tuple[float, float, float], in_plane_only: bool = False
-) -> list[np.ndarray]:
+#: one 3x3x3 structuring element: ("cross", axes) = the centre and its face neighbours along ``axes``;
+#: ("box", axes) = the full 3-voxel box spanned by ``axes`` (z=0, y=1, x=2)
+Step = tuple[str, tuple[int, ...]]
+_IN_PLANE_CROSS_STEP: Step = ("cross", (1, 2))
+
+
+def _ball_steps(radius_mm: float, spacing_zyx: tuple[float, float, float], in_plane_only: bool = False) -> list[Step]:
     """A ball of ``radius_mm`` as a sequence of 3x3x3 structuring elements (z, y, x).
 
     Eroding (or dilating) with each element in turn equals one erosion with their Minkowski sum: alternating
@@ -68,33 +72,72 @@ def _ball_steps(
         0 if (in_plane_only and axis == 0) else int(round(radius_mm / s))
         for axis, s in enumerate(spacing_zyx)
     ]
-    steps = []
-    for i in range(max(radii)):
-        axes = [axis for axis in range(3) if i < radii[axis]]
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        if i % 2 == 0:  # cross: the centre and its face neighbours along the participating axes
-            structure[1, 1, 1] = True
-            for axis in axes:
+    return [
+        ("cross" if i % 2 == 0 else "box", tuple(axis for axis in range(3) if i < radii[axis]))
+        for i in range(max(radii))
+    ]
+
+
+def structure_of(step: Step) -> np.ndarray:
+    """The boolean 3x3x3 (z, y, x) array of a step, as ``scipy.ndimage`` would take it (reference and tests)."""
+    kind, axes = step
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    if kind == "cross":
+        structure[1, 1, 1] = True
+        for axis in axes:
+            for offset in (0, 2):
                 index = [1, 1, 1]
-                for offset in (0, 2):
-                    index[axis] = offset
-                    structure[tuple(index)] = True
-        else:  # box over the participating axes
-            slices = tuple(slice(0, 3) if axis in axes else slice(1, 2) for axis in range(3))
-            structure[slices] = True
-        steps.append(structure)
-    return steps
+                index[axis] = offset
+                structure[tuple(index)] = True
+    else:
+        structure[tuple(slice(0, 3) if axis in axes else slice(1, 2) for axis in range(3))] = True
+    return structure
 
 
-def _erode(mask: np.ndarray, steps: list[np.ndarray]) -> np.ndarray:
-    for structure in steps:
-        mask = ndimage.binary_erosion(mask, structure=structure)
+def _along(axis: int, sl: slice) -> tuple[slice, ...]:
+    return tuple(sl if a == axis else slice(None) for a in range(3))
+
+
+def _line(mask: np.ndarray, axis: int, erode: bool, out: np.ndarray) -> None:
+    """``out`` (a copy of ``mask`` or an accumulator) AND/OR-ed with ``mask`` shifted by +-1 voxel along
+    ``axis``; outside the array counts as background (``scipy.ndimage``'s default ``border_value=0``)."""
+    lo, hi = _along(axis, slice(None, -1)), _along(axis, slice(1, None))
+    if erode:
+        out[lo] &= mask[hi]
+        out[hi] &= mask[lo]
+        out[_along(axis, slice(0, 1))] = False
+        out[_along(axis, slice(-1, None))] = False
+    else:
+        out[lo] |= mask[hi]
+        out[hi] |= mask[lo]
+
+
+def _morph_step(mask: np.ndarray, step: Step, erode: bool) -> np.ndarray:
+    """Binary erosion or dilation by one cross/box step, by shifted boolean operations on whole arrays;
+    identical to ``scipy.ndimage.binary_erosion/dilation(mask, structure_of(step))`` and ~20x faster. A box is
+    separable: the sequence of its 3-voxel lines (a line step never leaves the array and comes back)."""
+    kind, axes = step
+    if kind == "cross":
+        out = mask.copy()
+        for axis in axes:
+            _line(mask, axis, erode, out)
+        return out
+    for axis in axes:
+        out = mask.copy()
+        _line(mask, axis, erode, out)
+        mask = out
     return mask
 
 
-def _dilate(mask: np.ndarray, steps: list[np.ndarray]) -> np.ndarray:
-    for structure in steps:
-        mask = ndimage.binary_dilation(mask, structure=structure)
+def _erode(mask: np.ndarray, steps: list[Step]) -> np.ndarray:
+    for step in steps:
+        mask = _morph_step(mask, step, erode=True)
+    return mask
+
+
+def _dilate(mask: np.ndarray, steps: list[Step]) -> np.ndarray:
+    for step in steps:
+        mask = _morph_step(mask, step, erode=False)
     return mask
 
 
@@ -124,6 +167,21 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def _upsample_in_plane(zones: np.ndarray, factors_yx: tuple[int, int], size_yx: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour inverse of ``BinShrink``: full-resolution voxel ``i`` takes working voxel ``i // f``;
+    the trailing remainder that BinShrink drops takes the last working voxel."""
+    out = zones
+    for axis, f, size in ((1, factors_yx[0], size_yx[0]), (2, factors_yx[1], size_yx[1])):
+        out = np.repeat(out, f, axis=axis)
+        if out.shape[axis] < size:
+            pad = [(0, 0)] * 3
+            pad[axis] = (0, size - out.shape[axis])
+            out = np.pad(out, pad, mode="edge")
+        elif out.shape[axis] > size:
+            out = out[tuple(slice(0, size) if a == axis else slice(None) for a in range(3))]
+    return out
 
 
 def _bone_threshold(image: sitk.Image, settings: SkullStripSettings) -> float:
@@ -222,7 +280,7 @@ def brain_mask(image: sitk.Image, settings: SkullStripSettings | None = None) ->
     tissue = (arr_box >= lo) & (arr_box <= hi)
 
     region_box = _select_brain(tissue, hull, spacing_zyx, settings)
-    region_box = _largest_component(ndimage.binary_opening(region_box, structure=_IN_PLANE_CROSS))
+    region_box = _largest_component(_dilate(_erode(region_box, [_IN_PLANE_CROSS_STEP]), [_IN_PLANE_CROSS_STEP]))
     region_box = _fill_holes(_fill_holes(region_box, slicewise=False), slicewise=True)
     region = np.zeros(arr.shape, dtype=bool)
     region[:, box[0], box[1]] = region_box
@@ -230,17 +288,15 @@ def brain_mask(image: sitk.Image, settings: SkullStripSettings | None = None) ->
     if small is hu:
         mask_arr = region
     else:
-        interior = ndimage.binary_erosion(region, structure=_IN_PLANE_CROSS)
-        outer = ndimage.binary_dilation(region, structure=_IN_PLANE_CROSS)
+        interior = _erode(region, [_IN_PLANE_CROSS_STEP])
+        outer = _dilate(region, [_IN_PLANE_CROSS_STEP])
         zones = outer.astype(np.uint8) + interior  # 2 = interior, 1 = rim, 0 = outside
-        nz, ny, nx = zones.shape
         size_x, size_y, _ = hu.GetSize()
-        # BinShrink maps full-resolution voxel i to working voxel i // f (trailing remainder -> last voxel)
-        yi = np.minimum(np.arange(size_y) // fy, ny - 1)
-        xi = np.minimum(np.arange(size_x) // fx, nx - 1)
-        zones_full = zones[:, yi[:, None], xi[None, :]]
-        full = sitk.GetArrayViewFromImage(hu)
-        mask_arr = (zones_full == 2) | ((zones_full == 1) & (full >= lo) & (full <= hi))
+        zones_full = _upsample_in_plane(zones, (fy, fx), (size_y, size_x))
+        mask_arr = zones_full == 2
+        rim = np.flatnonzero(zones_full == 1)  # a thin shell: test the full-resolution HU there only
+        rim_hu = sitk.GetArrayViewFromImage(hu).ravel()[rim]
+        mask_arr.ravel()[rim] = (rim_hu >= lo) & (rim_hu <= hi)
 
     voxel_ml = float(np.prod(hu.GetSpacing())) / 1000.0
     volume_ml = float(np.count_nonzero(mask_arr)) * voxel_ml
@@ -250,6 +306,6 @@ def brain_mask(image: sitk.Image, settings: SkullStripSettings | None = None) ->
             f"{settings.min_brain_volume_ml:.0f} mL expected).",
             {"brain_volume_ml": round(volume_ml, 1), "min_brain_volume_ml": settings.min_brain_volume_ml},
         )
-    mask = sitk.GetImageFromArray(mask_arr.astype(np.uint8))
+    mask = sitk.GetImageFromArray(mask_arr.view(np.uint8))  # bool is one byte of 0/1
     mask.CopyInformation(image)
     return mask
