@@ -121,7 +121,8 @@ def render_model_card(name: str, version: str, run_cfg: dict[str, Any], evaluati
 
 
 def register_run(run_dir: Path, version: str, *, name: str | None = None, weights_dir: Path = Path("weights"),
-                 make_default: bool = False, evaluation_path: Path | None = None, synthetic: bool = False) -> Path:
+                 make_default: bool = False, evaluation_path: Path | None = None, synthetic: bool = False,
+                 card_notes: str | None = None) -> Path:
     """Register ``run_dir`` as ``<weights_dir>/<name>-<version>/`` and verify it by loading it back."""
     run_dir = Path(run_dir)
     model, plans, run_cfg = load_run_model(run_dir, "cpu")
@@ -155,6 +156,8 @@ def register_run(run_dir: Path, version: str, *, name: str | None = None, weight
         "synthetic_training_data": synthetic,
     }
     card = render_model_card(name, version, run_cfg, evaluation, table2_md, parameters, config, synthetic)
+    if card_notes:
+        card = card.rstrip("\n") + "\n\n" + card_notes.strip() + "\n"
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     out = save_weights(model, plans, config, weights_dir / model_id(name, version), manifest, card)

@@ -102,6 +102,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the weights must be readable by a non-root service user
     os.replace(tmp, path)
 
 
@@ -255,6 +256,8 @@ def save_weights(
             "files": {n: sha256_file(tmp / n) for n in (WEIGHTS_FILE, MODEL_CARD_FILE)},
         })
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        for f in (tmp, *tmp.iterdir()):  # mkdtemp creates 0700; readable by a non-root service user
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         os.replace(tmp, out_dir)
     except BaseException:
         for f in tmp.glob("*"):

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluation", type=Path, default=None, help="evaluation.json (default: RUN/evaluation.json)")
     p.add_argument("--default", action="store_true", help="make this the default in registry.json")
     p.add_argument("--synthetic", action="store_true", help="the run was trained on synthetic phantoms (model card)")
+    p.add_argument("--card-notes", type=Path, default=None,
+                   help="Markdown file appended to the model card (e.g. the commands that made the cohort and run)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = register_run(args.run, args.version, name=args.name, weights_dir=args.weights_dir,
                            make_default=args.default, evaluation_path=args.evaluation,
-                           synthetic=args.synthetic)
+                           synthetic=args.synthetic,
+                           card_notes=args.card_notes.read_text() if args.card_notes else None)
     except (WeightsError, FileNotFoundError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 2

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loader-workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN (slower)")
+    p.add_argument("--init-weights", type=Path, default=None,
+                   help="start from these weights (a run's or a registered model.safetensors): fine-tuning")
     add_data_options(p)
     add_split_options(p)
     p.set_defaults(func=run)
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, cache_dir=args.cache_dir, loader_workers=args.loader_workers,
         preprocess_workers=args.preprocess_workers, resume=args.resume, stop_after_epoch=args.stop_after,
         progress=not args.no_progress, deterministic=args.deterministic, threads=args.threads,
+        init_weights=args.init_weights,
     )
     result = fit(train, preset, args.out, options, val_cases=val, test_cases=test, manifest_info=info)
     print(json.dumps({"run": str(result.run_dir), "completed": result.completed, "epochs": len(result.history),

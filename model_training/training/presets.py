@@ -70,6 +70,15 @@ PRESETS: dict[str, Preset] = {
         schedule=Schedule(epochs=3, lr=1e-3, milestones=(2,), aug_copies=1, include_original=False,
                           val_fraction=0.1),
     ),
+    "cpu-default-finetune": Preset(
+        name="cpu-default-finetune",
+        description="Continues cpu-default from its weights (--init-weights): 2 more epochs, every pass randomly "
+        "augmented, Adam lr 3e-4 then 3e-5.",
+        plans_overrides={"name": "zhong2021-cpu96", "matrix_zyx": (32, 96, 96)},
+        model=ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_widths=(32, 16), cls_width=64),
+        schedule=Schedule(epochs=2, lr=3e-4, milestones=(1,), aug_copies=1, include_original=False,
+                          val_fraction=0.1),
+    ),
     "smoke": Preset(
         name="smoke",
         description="Smoke test: 16x48x48 matrix, tiny widths, 2 epochs, no augmentation copies beyond one.",

@@ -63,6 +63,7 @@ class TrainOptions:
     progress: bool = True
     deterministic: bool = False
     threads: int | None = None  # torch intra-op threads on CPU
+    init_weights: Path | None = None  # safetensors to start from (fine-tuning); architecture must match the preset
 
 
 @dataclass
@@ -230,6 +231,15 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
             w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
 
 
+def _init_weights_info(path: Path | None) -> dict[str, str] | None:
+    """Provenance of the starting weights of a fine-tuning run (path and sha256), or None."""
+    if path is None:
+        return None
+    import hashlib
+
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def _run_config(
     preset: Preset, plans: Plans, options: TrainOptions, manifest_info: dict[str, Any], n: dict[str, int]
 ) -> dict[str, Any]:
@@ -240,6 +250,7 @@ def _run_config(
         "model_config": preset.model.model_dump(mode="json"),
         "manifest": manifest_info,
         "seed": options.seed,
+        "init_weights": _init_weights_info(options.init_weights),
         "n_cases": n,
     }
 
@@ -320,7 +331,12 @@ def _fit(
     loader = DataLoader(dataset, batch_size=sched.batch_size, sampler=sampler, num_workers=options.loader_workers,
                         pin_memory=device.startswith("cuda"), drop_last=False)
 
-    model = DualOutputUNet3D(preset.model).to(device)
+    model = DualOutputUNet3D(preset.model)
+    if options.init_weights is not None and resume_from is None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(options.init_weights)), strict=True)
+    model = model.to(device)
     if sched.channels_last_3d:
         model = model.to(memory_format=torch.channels_last_3d)
     n_params = count_parameters(model)
