@@ -82,7 +82,10 @@ def test_default_weights_measure_the_phantom_haematoma(tmp_path: Path) -> None:
                     "they are produced by `python -m model_training register`")
     from model_training.synthetic import generate_case, write_dicom_series
 
-    case = generate_case(20240607, 0, haematoma_volume_ml=30.0, location="basal_ganglia")
+    # A 30 mL basal-ganglia haematoma without NCCT markers or IVH: this checks the measuring chain end to end
+    # (ingestion -> preprocessing -> model -> original grid -> mL). The demo weights' accuracy over the held-out
+    # synthetic test set (median |volume error| ~12 %, larger clots under-segmented) is in their model card.
+    case = generate_case(20240607, 1, haematoma_volume_ml=30.0, location="basal_ganglia", markers={})
     assert 20.0 <= case.baseline_volume_ml <= 50.0
     write_dicom_series(case, tmp_path / "case")
     predictor = Predictor.from_registry(DEFAULT_WEIGHTS, device="cpu")
