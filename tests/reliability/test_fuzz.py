@@ -2,8 +2,9 @@
 
 Every case must be answered -- 200 with a well-formed result, or problem+json with a documented 4xx code --
 never a 5xx and never a hang; the server must stay live during and ready after the campaign.
-Budget: at most 165 cases or 50 s, whichever comes first (about 0.05-1.5 s per case on 2 cores; long
-runs: bench/fuzz_service.py, see docs/reliability.md).
+Budget: at least MIN_CASES cases always run (so a slow machine tests as much as the contract promises); after
+that, more cases until MAX_CASES or 50 s (about 0.05-1.5 s per case on 2 cores; long runs:
+bench/fuzz_service.py, see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_mutation_fuzz(server: FaultServer, canary_series: list[Path]) -> None:
     n = 0
     with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
         for n in range(MAX_CASES):  # noqa: B007 - n is reported below
-            if time.monotonic() - t0 > TIME_BUDGET_S:
+            if n >= MIN_CASES and time.monotonic() - t0 > TIME_BUDGET_S:
                 break
             case = make_case(SEED, n, files)
             try:
@@ -47,5 +48,5 @@ def test_mutation_fuzz(server: FaultServer, canary_series: list[Path]) -> None:
     print(json.dumps({"fuzz_cases": n, "seconds": round(time.monotonic() - t0, 1),
                       "outcomes": dict(outcomes.most_common())}))
     assert not failures, "\n".join(failures[:20])
-    assert n >= MIN_CASES, f"only {n} cases ran within {TIME_BUDGET_S} s"
+    assert n >= MIN_CASES, f"only {n} cases ran"
     assert sum(v for k, v in outcomes.items() if k != "200") > 0  # the mutations really hit refusals
