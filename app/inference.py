@@ -111,10 +111,11 @@ class Predictor:
     float32 model within 1e-4 on the float32 (CPU) path (tests/test_inference.py)."""
 
     def __init__(self, weights: Any, device: str | torch.device = "auto", amp: AmpMode = "auto",
-                 *, channels_last: bool = True, cuda_graphs: bool = False):
+                 *, channels_last: bool | Literal["auto"] = "auto", cuda_graphs: bool = False):
         """``weights``: a :class:`~app.weights.registry.LoadedWeights` (or anything with its fields).
         ``amp`` applies on CUDA only (the CPU path is float32: bf16 is emulated and slower without AMX);
-        ``channels_last``: NDHWC weights and input (about 2x faster on CPU with oneDNN, faster with cuDNN)."""
+        ``channels_last``: NDHWC weights and input; ``"auto"`` = on CUDA only (measured slower on this project's
+        CPU reference machine, see :class:`app.model.runtime.InferenceRunner`)."""
         self.weights = weights
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.plans = weights.plans

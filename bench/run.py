@@ -91,7 +91,7 @@ def bench_forward(model: DualOutputUNet3D, shape: tuple[int, int, int], repeats:
         with torch.no_grad():
             return eager_model.predict(torch.from_numpy(x)[None, None].to(device))
 
-    runner = InferenceRunner(model, device, channels_last=True)
+    runner = InferenceRunner(model, device)  # the production default: channels-last on CUDA only
     out: dict[str, Any] = {"shape_zyx": list(shape), "flops": flops, "runner": runner.describe()}
     rate_before = fwd.matmul_flop_rate(device=device)
     out["eager_ncdhw_fp32"] = fwd.forward_report(eager, flops, shape, rate_before, repeats, sync)

@@ -94,7 +94,10 @@ class InferenceRunner:
     Args:
         model: the network; it is put in eval mode and moved to ``device`` (in place, as ``nn.Module.to`` does).
         device: ``torch.device`` or a string such as ``"cpu"`` / ``"cuda:0"``.
-        channels_last: use ``torch.channels_last_3d`` for weights and input.
+        channels_last: use ``torch.channels_last_3d`` for weights and input; ``"auto"`` (default) = on CUDA only.
+            Measured on the 2-core AVX2 EPYC CPU, idle, best of 5 (bench/run.py and a direct trial, 2026-11-27):
+            NCDHW is faster there (paper model 32x256x256: 9.3 s vs 10.3 s; demo weights 32x96x96: 0.45 s vs
+            0.49 s); an earlier 2x in favour of channels-last was an artefact of a contended machine.
         autocast: see :func:`resolve_autocast` (default ``"auto"``: bf16 on CUDA, float32 on CPU).
         compile: wrap the model in ``torch.compile`` (inductor). The first pass per shape compiles.
         cuda_graphs: capture and replay the forward pass as a CUDA graph (ignored on CPU).
@@ -106,7 +109,7 @@ class InferenceRunner:
         model: nn.Module,
         device: torch.device | str,
         *,
-        channels_last: bool = True,
+        channels_last: bool | Literal["auto"] = "auto",
         autocast: AutocastMode | torch.dtype | None = "auto",
         compile: bool = False,
         cuda_graphs: bool = False,
@@ -115,7 +118,7 @@ class InferenceRunner:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device} requested but CUDA is not available")
-        self.channels_last = bool(channels_last)
+        self.channels_last = self.device.type == "cuda" if channels_last == "auto" else bool(channels_last)
         self.autocast_dtype = resolve_autocast(self.device, autocast)
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.compiled = bool(compile)

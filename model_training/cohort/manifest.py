@@ -22,16 +22,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-MARKER_COLUMNS: tuple[str, ...] = (
-    "hypodensity",
-    "black_hole",
-    "swirl",
-    "blend",
-    "fluid_level",
-    "irregular_shape",
-    "heterogeneous_density",
-    "ivh",
-)
+from model_training.ncct_markers import MARKER_FLAGS
+
+MARKER_COLUMNS: tuple[str, ...] = MARKER_FLAGS
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "image", "mask", "admission_date")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
     "followup_volume_ml",

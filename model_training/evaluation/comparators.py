@@ -23,6 +23,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model_training.evaluation.serialization import column, to_float
+from model_training.ncct_markers import NCCT_MARKERS
 
 __all__ = [
     "MARKERS",
@@ -34,15 +35,7 @@ __all__ = [
     "to_float",
 ]
 
-MARKERS: tuple[str, ...] = (
-    "hypodensity",
-    "black_hole",
-    "swirl",
-    "blend",
-    "fluid_level",
-    "irregular_shape",
-    "heterogeneous_density",
-)
+MARKERS: tuple[str, ...] = NCCT_MARKERS
 BAT_ONSET_CUTOFF_HOURS = 2.5
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from model_training.ncct_markers import MARKER_FLAGS
 from model_training.synthetic.case import generate_case
 from model_training.synthetic.dicom_writer import write_dicom_series
 from model_training.synthetic.markers import FLAG_NAMES
@@ -35,14 +36,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "baseline_volume_ml",
     "admission_date",
     "onset_to_ct_hours",
-    "hypodensity",
-    "black_hole",
-    "swirl",
-    "blend",
-    "fluid_level",
-    "irregular_shape",
-    "heterogeneous_density",
-    "ivh",
+    *MARKER_FLAGS,
     "label",
     "scanner",
 )

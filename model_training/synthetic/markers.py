@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-MARKER_NAMES: tuple[str, ...] = (
-    "hypodensity",
-    "black_hole",
-    "swirl",
-    "blend",
-    "fluid_level",
-    "irregular_shape",
-    "heterogeneous_density",
-)
-FLAG_NAMES: tuple[str, ...] = (*MARKER_NAMES, "ivh")
+from model_training.ncct_markers import MARKER_FLAGS, NCCT_MARKERS
+
+MARKER_NAMES: tuple[str, ...] = NCCT_MARKERS
+FLAG_NAMES: tuple[str, ...] = MARKER_FLAGS
 
 
 def draw_markers(rng: np.random.Generator) -> dict[str, int]:
