@@ -53,6 +53,10 @@ class Preset(BaseModel):
         return Plans(**self.plans_overrides)
 
 
+# The reduced grid and widths of the CPU-trained default weights (and of their fine-tuning preset).
+CPU96_PLANS_OVERRIDES: dict[str, Any] = {"name": "zhong2021-cpu96", "matrix_zyx": (32, 96, 96)}
+CPU96_MODEL = ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_widths=(32, 16), cls_width=64)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -65,8 +69,8 @@ PRESETS: dict[str, Preset] = {
         description="Default weights trained on a 2-core CPU: 32x96x96 over the paper's 160x112x112 mm field of "
         "view (1.17 mm in-plane, 5 mm slices), halved widths, 3 epochs with every pass randomly augmented "
         "(rotation/scale/translation as the paper), Adam lr 1e-3 divided by 10 for the last epoch.",
-        plans_overrides={"name": "zhong2021-cpu96", "matrix_zyx": (32, 96, 96)},
-        model=ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_widths=(32, 16), cls_width=64),
+        plans_overrides=CPU96_PLANS_OVERRIDES,
+        model=CPU96_MODEL,
         schedule=Schedule(epochs=3, lr=1e-3, milestones=(2,), aug_copies=1, include_original=False,
                           val_fraction=0.1),
     ),
@@ -74,8 +78,8 @@ PRESETS: dict[str, Preset] = {
         name="cpu-default-finetune",
         description="Continues cpu-default from its weights (--init-weights): 2 more epochs, every pass randomly "
         "augmented, Adam lr 3e-4 then 3e-5.",
-        plans_overrides={"name": "zhong2021-cpu96", "matrix_zyx": (32, 96, 96)},
-        model=ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_widths=(32, 16), cls_width=64),
+        plans_overrides=CPU96_PLANS_OVERRIDES,
+        model=CPU96_MODEL,
         schedule=Schedule(epochs=2, lr=3e-4, milestones=(1,), aug_copies=1, include_original=False,
                           val_fraction=0.1),
     ),
