@@ -83,6 +83,17 @@ class BinaryMetrics:
         return asdict(self)
 
 
+def _labels_and_scores(y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` and ``score`` as 1-D arrays of equal length (scores float64, all finite); ValueError otherwise."""
+    y_arr = np.asarray(y)
+    s = np.asarray(score, dtype=np.float64)
+    if y_arr.shape != s.shape or y_arr.ndim != 1:
+        raise ValueError("y and score must be one-dimensional and of equal length")
+    if not np.isfinite(s).all():
+        raise ValueError("scores must be finite")
+    return y_arr, s
+
+
 def youden_threshold(y: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray) -> YoudenThreshold:
     """Choose the cut-off maximising Youden's J on (training) data; apply it unchanged to the test set.
 
@@ -96,12 +107,7 @@ def youden_threshold(y: Sequence[int] | np.ndarray, score: Sequence[float] | np.
 
     Raises ``ValueError`` when ``y`` lacks cases or controls or a score is not finite.
     """
-    y_arr = np.asarray(y)
-    s = np.asarray(score, dtype=np.float64)
-    if y_arr.shape != s.shape or y_arr.ndim != 1:
-        raise ValueError("y and score must be one-dimensional and of equal length")
-    if not np.isfinite(s).all():
-        raise ValueError("scores must be finite")
+    y_arr, s = _labels_and_scores(y, score)
     n_pos = int((y_arr == 1).sum())
     n_neg = int((y_arr == 0).sum())
     if n_pos == 0 or n_neg == 0:
@@ -190,12 +196,7 @@ def binary_metrics(
 ) -> BinaryMetrics:
     """Counts, sensitivity, specificity and likelihood ratios (standard and prevalence-weighted) at
     ``score >= threshold``; the prevalence is that of ``y`` (the evaluated, i.e. test, set)."""
-    y_arr = np.asarray(y)
-    s = np.asarray(score, dtype=np.float64)
-    if y_arr.shape != s.shape or y_arr.ndim != 1:
-        raise ValueError("y and score must be one-dimensional and of equal length")
-    if not np.isfinite(s).all():
-        raise ValueError("scores must be finite")
+    y_arr, s = _labels_and_scores(y, score)
     predicted = s >= threshold
     case = y_arr == 1
     tp = int((predicted & case).sum())
