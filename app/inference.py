@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from app.ingestion.types import IngestedSeries
-from app.model.runtime import InferenceRunner
+from app.model.runtime import CompileMode, InferenceRunner
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +111,21 @@ class Predictor:
     float32 model within 1e-4 on the float32 (CPU) path (tests/test_inference.py)."""
 
     def __init__(self, weights: Any, device: str | torch.device = "auto", amp: AmpMode = "auto",
-                 *, channels_last: bool | Literal["auto"] = "auto", cuda_graphs: bool = False):
+                 *, channels_last: bool | Literal["auto"] = "auto", cuda_graphs: bool = False,
+                 compile: CompileMode = False):
         """``weights``: a :class:`~app.weights.registry.LoadedWeights` (or anything with its fields).
         ``amp`` applies on CUDA only (the CPU path is float32: bf16 is emulated and slower without AMX);
         ``channels_last``: NDHWC weights and input; ``"auto"`` = on CUDA only (measured slower on this project's
-        CPU reference machine, see :class:`app.model.runtime.InferenceRunner`)."""
+        CPU reference machine, see :class:`app.model.runtime.InferenceRunner`); ``compile``: inductor with
+        freezing (``"auto"`` = on CPU with a C++ compiler; the first forward pass compiles, so call
+        :meth:`warm_up` before timing-sensitive work; see :func:`app.model.runtime.resolve_compile`)."""
         self.weights = weights
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.plans = weights.plans
         self.threshold = float(weights.threshold)
         self.runner = InferenceRunner(
             weights.model, self.device, channels_last=channels_last,
-            autocast=amp if self.device.type == "cuda" else "off", cuda_graphs=cuda_graphs,
+            autocast=amp if self.device.type == "cuda" else "off", cuda_graphs=cuda_graphs, compile=compile,
         )
         self.amp_dtype = self.runner.autocast_dtype
         self.model = self.runner.model
@@ -130,13 +133,14 @@ class Predictor:
 
     @classmethod
     def from_registry(
-        cls, weights_dir: Any, version: str | None = None, device: str = "auto", amp: AmpMode = "auto"
+        cls, weights_dir: Any, version: str | None = None, device: str = "auto", amp: AmpMode = "auto",
+        compile: CompileMode = False,
     ) -> Predictor:
         """Load (and checksum-verify) weights through :func:`app.weights.registry.load_weights`."""
         from app.weights.registry import load_weights
 
         dev = resolve_device(device)
-        return cls(load_weights(weights_dir, version, str(dev)), dev, amp)
+        return cls(load_weights(weights_dir, version, str(dev)), dev, amp, compile=compile)
 
     # --- stages -------------------------------------------------------------------------------------------
     def prepare(self, series: IngestedSeries) -> PreparedCase:
@@ -214,4 +218,5 @@ class Predictor:
         w = self.weights
         runtime = self.runner.describe()
         return {"name": w.name, "version": w.version, "sha256": w.weights_sha256, "device": str(self.device),
-                "autocast": runtime["autocast"], "channels_last_3d": runtime["channels_last_3d"]}
+                "autocast": runtime["autocast"], "channels_last_3d": runtime["channels_last_3d"],
+                "compile": runtime["compile"]}

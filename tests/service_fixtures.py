@@ -207,6 +207,7 @@ def start_server(tmp: Path, env: dict[str, str] | None = None, ready_timeout: fl
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     full_env = {**os.environ, "ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_DEVICE": "cpu",
+                "ICH_COMPILE": "off",  # compiling costs 10-20 s per start; tests/test_api_compiled.py covers "on"
                 "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                 **(env or {})}
     cmd = [sys.executable, "-m", "app", "serve", "--weights-dir", str(weights_dir)]  # the production entry point

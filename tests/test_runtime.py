@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from app.model.config import ModelConfig
-from app.model.runtime import InferenceRunner, configure_cpu_threads, resolve_autocast
+from app.model.runtime import (
+    InferenceRunner,
+    configure_cpu_threads,
+    cxx_compiler_available,
+    resolve_autocast,
+    resolve_compile,
+)
 from app.model.unet import DualOutputUNet3D
 
 SHAPE = (8, 32, 32)
@@ -69,6 +75,66 @@ def test_runner_matches_eager_fp32(reference, channels_last: bool) -> None:
     ref_mask, mask = ref_prob >= 0.5, prob >= 0.5
     assert 0.05 < ref_mask.mean() < 0.95  # the Dice check below is not vacuous
     assert _dice(mask, ref_mask) >= 0.999
+
+
+@pytest.mark.skipif(not cxx_compiler_available(), reason="inductor needs a C++ compiler")
+def test_compiled_runner_matches_eager_fp32(reference) -> None:
+    """torch.compile with freezing (the CPU default of the service): same numbers as eager, within 1e-4."""
+    x, ref_prob, ref_cls = reference
+    runner = InferenceRunner(_model(), "cpu", compile=True)
+    prob, cls = runner.run(x)
+    assert runner.describe()["compile"] is True and runner.compile_error is None
+    assert np.abs(prob - ref_prob).max() < 1e-4 and abs(cls - ref_cls) < 1e-4
+    assert _dice(prob >= 0.5, ref_prob >= 0.5) >= 0.999
+    other = _input(seed=2)  # the compiled graph is reused with fresh data, not a stale result
+    prob2, _ = runner.run(other)
+    assert np.abs(prob2 - _eager(_model(), other)[0]).max() < 1e-4 and np.abs(prob2 - prob).max() > 1e-2
+
+
+def test_failed_compilation_falls_back_to_eager(reference) -> None:
+    x, ref_prob, _ = reference
+    runner = InferenceRunner(_model(), "cpu", compile=True)
+    calls = []
+
+    def broken_compiled_module(_: torch.Tensor) -> None:
+        calls.append(1)
+        raise RuntimeError("C++ compile error: cannot find g++\nmore detail")
+
+    runner._forward_module = broken_compiled_module  # what a failing inductor build looks like to the runner
+    prob, _ = runner.run(x)
+    assert np.abs(prob - ref_prob).max() < 1e-4
+    info = runner.describe()
+    assert info["compile"] is False and info["compile_error"] == "RuntimeError: C++ compile error: cannot find g++"
+    runner.run(x)
+    assert len(calls) == 1  # not retried on every request
+
+
+def test_errors_on_an_already_compiled_shape_propagate(reference) -> None:
+    x, _, _ = reference
+    runner = InferenceRunner(_model(), "cpu", compile=True)
+    runner._forward_module = runner.model  # stands in for a compiled module that has run this shape before
+    runner.run(x)
+
+    def failing(_: torch.Tensor) -> None:
+        raise RuntimeError("a fault in the model, not in the compiler")
+
+    runner._forward_module = failing
+    with pytest.raises(RuntimeError, match="a fault in the model"):
+        runner.run(x)
+    assert runner.describe()["compile"] is True
+
+
+def test_resolve_compile_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
+    assert resolve_compile(cpu, "on") is True and resolve_compile(cuda, True) is True
+    assert resolve_compile(cpu, "off") is False and resolve_compile(cpu, False) is False
+    assert resolve_compile(cuda, "auto") is False
+    assert resolve_compile(cpu, "auto") is cxx_compiler_available()
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("PATH", "")
+    assert resolve_compile(cpu, "auto") is False  # no compiler: eager, without a failed attempt
+    with pytest.raises(ValueError):
+        resolve_compile(cpu, "sometimes")  # type: ignore[arg-type]
 
 
 def test_runner_is_deterministic_and_thread_safe(reference) -> None:

@@ -127,6 +127,7 @@ def build_router(auth: Depends) -> APIRouter:  # type: ignore[valid-type]
             "name": w.name, "version": w.version, "sha256": w.weights_sha256, "threshold": w.threshold,
             "plans": w.plans.model_dump(mode="json"), "config": w.config.model_dump(mode="json"),
             "parameter_count": count_parameters(p.model), "device": str(p.device),
+            "runtime": p.runner.describe(),
         })
         return JSONResponse(body)
 

@@ -62,7 +62,8 @@ class PredictionService:
         s = self.settings
         try:
             t0 = time.perf_counter()
-            self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp)
+            self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp,
+                                                                  compile=s.compile)
             if s.warmup_passes:
                 self.predictor.warm_up(s.warmup_passes)
             info = self.predictor.model_summary()

@@ -21,6 +21,9 @@ class ServiceSettings(BaseSettings):
     weights_version: str | None = Field(None, description="Weights version to serve; default: registry default")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="Mixed precision on CUDA")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile (inductor, freezing) of the model: auto = on CPU when a C++ compiler is "
+        "found (1.2-1.7x faster forward passes there; compiled during warm-up, ~10-40 s), off on CUDA")
     warmup_passes: int = Field(1, ge=0, description="Forward passes on zeros before reporting ready")
 
     # --- server ------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-dir", type=Path, default=Path("weights"))
     p.add_argument("--weights-version", default=None, help="default: the registry's default version")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="off",
+                   help="torch.compile the model (inductor); off by default: compiling (~10-40 s) costs more than it saves "
+                   "on one study")
     p.set_defaults(func=run)
 
 
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from app.ingestion import load_series
 
     try:
-        predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device)
+        predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
+                                            compile=args.compile)
     except Exception as exc:  # WeightsError, missing folder, bad device
         print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
                           "message": str(exc)}), file=sys.stderr)

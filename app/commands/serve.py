@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServiceSettings(**overrides)
     try:
         predictor = Predictor.from_registry(settings.weights_dir, settings.weights_version, settings.device,
-                                            settings.amp)
+                                            settings.amp, compile=settings.compile)
     except WeightsError as exc:
         print(f"error: cannot serve: weights in {settings.weights_dir} are unusable: {exc}", file=sys.stderr)
         return EXIT_WEIGHTS

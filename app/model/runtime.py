@@ -7,15 +7,21 @@ on the device in float32, whatever the compute precision.
 
 What it does differently from the plain ``model.predict(torch.from_numpy(x)[None, None])``:
 
-* **channels-last 3D** (``torch.channels_last_3d``, NDHWC) weights and input. oneDNN's direct 3D convolutions
-  on CPU and cuDNN's on GPU are faster in that layout; on a 2-core AMD EPYC (AVX2) the 32x256x256 forward pass
-  took about half the time of NCDHW (bench/README.md).
+* **channels-last 3D** (``torch.channels_last_3d``, NDHWC) weights and input, on CUDA by default (cuDNN's
+  tensor-core convolutions want it). On the 2-core AVX2 EPYC CPU eager channels-last was ~10 % *slower* than
+  NCDHW (bench/README.md), so on CPU the layout is left to inductor (below), which picks oneDNN's blocked one.
 * **autocast** on CUDA: bfloat16 (or float16 where bf16 is unsupported) with the normalisations and sigmoids in
   float32. On CPU the default is float32: without AVX-512-BF16/AMX, bf16 convolutions are emulated and slower.
 * **CUDA graphs** (``cuda_graphs=True``, CUDA only): the whole forward pass is captured once per input shape and
   replayed, which removes the per-kernel launch overhead (a few ms per pass for this ~40-layer network).
-* **torch.compile** (``compile=True``): inductor on CPU or GPU. Off by default: the first call compiles for tens of
-  seconds, and on the CPU measured here it was not faster than oneDNN channels-last (bench/README.md).
+* **torch.compile** with inductor **freezing** (``compile=True``, or ``"auto"`` = on CPU when a C++ compiler is
+  found): the weights become constants, oneDNN convolution weights are pre-packed once, the transposed
+  convolutions go to oneDNN's deconvolution (eager PyTorch falls back to a slow path for them), and each
+  normalisation + ReLU becomes one fused C++ loop. Measured on the 2-core AVX2 EPYC (bench/README.md): paper model
+  32x256x256 10.6 -> 8.6 s, default weights 32x96x96 0.51 -> 0.30 s, probabilities within ~1e-6 of eager. The
+  first pass per input shape compiles (default weights: ~20 s cold, ~9 s from inductor's on-disk cache; paper
+  model ~40 s cold), so the service does it during warm-up, before it reports ready. If compilation fails (no
+  compiler, an unsupported platform) the runner logs it once and falls back to eager; :meth:`describe` says which.
 * **overlap**: on CUDA the device lock is held only while the work is *enqueued*. The host->device copy comes from
   pinned memory and the device->host copy goes into pinned memory with ``non_blocking=True``; the caller waits
   for its own result on a CUDA event after releasing the lock. So while request N's kernels run, request N+1's
@@ -33,6 +39,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar
@@ -44,6 +52,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 AutocastMode = Literal["auto", "bf16", "fp16", "off"]
+CompileMode = bool | Literal["auto", "on", "off"]
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -69,6 +78,25 @@ def resolve_autocast(device: torch.device, mode: AutocastMode | torch.dtype | No
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cxx_compiler_available() -> bool:
+    """Whether inductor's CPU backend can find a C++ compiler (``$CXX``, ``g++``, ``c++`` or ``clang++``)."""
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(c and shutil.which(c) for c in candidates)
+
+
+def resolve_compile(device: torch.device, mode: CompileMode) -> bool:
+    """Whether to wrap the model in ``torch.compile``: ``"auto"`` = on a CPU device with a C++ compiler (measured
+    1.2-1.7x faster there); off on CUDA, where CUDA graphs remove the launch overhead and inductor has not been
+    measured by this project. ``True``/``"on"`` and ``False``/``"off"`` force it."""
+    if mode is True or mode == "on":
+        return True
+    if mode is False or mode == "off":
+        return False
+    if mode != "auto":
+        raise ValueError(f"unknown compile mode {mode!r}")
+    return device.type == "cpu" and cxx_compiler_available()
 
 
 def configure_cpu_threads(num_threads: int | None) -> int:
@@ -99,7 +127,8 @@ class InferenceRunner:
             NCDHW is faster there (paper model 32x256x256: 9.3 s vs 10.3 s; demo weights 32x96x96: 0.45 s vs
             0.49 s); an earlier 2x in favour of channels-last was an artefact of a contended machine.
         autocast: see :func:`resolve_autocast` (default ``"auto"``: bf16 on CUDA, float32 on CPU).
-        compile: wrap the model in ``torch.compile`` (inductor). The first pass per shape compiles.
+        compile: wrap the model in ``torch.compile`` (inductor, freezing); see :func:`resolve_compile`. The first
+            pass per input shape compiles; a failed compilation falls back to eager (logged, :meth:`describe`).
         cuda_graphs: capture and replay the forward pass as a CUDA graph (ignored on CPU).
         num_threads: CPU intra-op threads (``None``: leave torch's setting).
     """
@@ -111,7 +140,7 @@ class InferenceRunner:
         *,
         channels_last: bool | Literal["auto"] = "auto",
         autocast: AutocastMode | torch.dtype | None = "auto",
-        compile: bool = False,
+        compile: CompileMode = False,
         cuda_graphs: bool = False,
         num_threads: int | None = None,
     ) -> None:
@@ -121,7 +150,9 @@ class InferenceRunner:
         self.channels_last = self.device.type == "cuda" if channels_last == "auto" else bool(channels_last)
         self.autocast_dtype = resolve_autocast(self.device, autocast)
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
-        self.compiled = bool(compile)
+        self.compiled = resolve_compile(self.device, compile)
+        self.compile_error: str | None = None
+        self._compiled_shapes: set[tuple[int, ...]] = set()
         if self.device.type == "cpu":
             configure_cpu_threads(num_threads)
         model = model.eval().to(self.device)
@@ -129,7 +160,7 @@ class InferenceRunner:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
         self._forward_module: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = (
-            torch.compile(model, dynamic=False) if compile else model
+            torch.compile(model, dynamic=False) if self.compiled else model
         )
         self._lock = threading.Lock()
         self._graphs: dict[tuple[int, ...], _CapturedGraph] = {}
@@ -184,6 +215,7 @@ class InferenceRunner:
             "channels_last_3d": self.channels_last,
             "autocast": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "off",
             "compile": self.compiled,
+            "compile_error": self.compile_error,
             "cuda_graphs": self.cuda_graphs,
             "cpu_threads": torch.get_num_threads(),
         }
@@ -215,11 +247,33 @@ class InferenceRunner:
     def _device_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass on a device tensor (N=1). Returns (prob (D,H,W) float32, cls prob () float32) on device."""
         with torch.inference_mode(), self._autocast():
-            seg, cls = self._forward_module(x)
+            seg, cls = self._compiled_forward(x) if self.compiled else self.model(x)
         with torch.inference_mode():
             prob = torch.sigmoid(seg[0, 0].float()).contiguous()
             cls_p = torch.sigmoid(cls.float().reshape(-1)[0])
         return prob, cls_p
+
+    def _compiled_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # freezing is read when a graph is compiled (first call per shape), so it is patched around every call
+        import torch._inductor.config as inductor_config
+
+        shape = tuple(x.shape)
+        try:
+            with inductor_config.patch(freezing=True):
+                out = self._forward_module(x)
+        except Exception as exc:
+            # a failure while compiling (no compiler, unsupported platform): serve eagerly rather than not at all.
+            # Errors on an already-compiled shape, and out-of-memory, are the model's and propagate.
+            if shape in self._compiled_shapes or isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            self.compiled = False
+            first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+            self.compile_error = f"{type(exc).__name__}: {first_line}"
+            self._forward_module = self.model
+            log.warning("torch.compile failed (%s); running the model eagerly", type(exc).__name__)
+            return self.model(x)
+        self._compiled_shapes.add(shape)
+        return out
 
     def _run_cuda(self, x_host: torch.Tensor) -> tuple[np.ndarray, float]:
         # CPU-side staging outside the lock: pinning lets the H2D copy run asynchronously

@@ -105,6 +105,7 @@ def start_fault_server(tmp: Path, env: dict[str, str] | None = None, *, ready_ti
     fault_file = tmp / f"faults-{port}.json"
     fault_file.write_text("{}")
     full_env = {**os.environ, "ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_DEVICE": "cpu",
+                "ICH_COMPILE": "off",  # compiling costs 10-20 s per start; tests/test_api_compiled.py covers "on"
                 "OMP_NUM_THREADS": "1", "ICH_TEST_FAULT_FILE": str(fault_file),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                 **(env or {})}
