@@ -1,10 +1,10 @@
 """End-to-end stage timings for one study: the optimised path vs the straightforward baseline, same weights.
 
-Optimised: ``app.ingestion.load_series`` (content sniffing, parallel-capable decoding, geometry checks) ->
-``app.preprocessing.preprocess`` -> :class:`app.model.runtime.InferenceRunner` (channels-last 3D, autocast on
-GPU) -> ``probabilities_to_reference`` -> outputs (NIfTI, PNG overlay, DICOM SEG).
-Baseline: SimpleITK ``ImageSeriesReader`` (GDCM) -> the same ``preprocess`` -> eager float32 NCDHW
-``model.predict`` -> ``probabilities_to_reference``.
+Optimised (what the service runs): ``app.ingestion.load_series`` (content sniffing, parallel-capable decoding,
+geometry checks) -> ``app.preprocessing.preprocess`` -> :class:`app.model.runtime.InferenceRunner` (inductor
+with freezing on CPU; channels-last, autocast on GPU) -> ``probabilities_to_reference`` + per-source-slice masks;
+the outputs (NIfTI, PNG overlay, DICOM SEG), which the service renders lazily after answering, are timed apart.
+Baseline: :mod:`bench.baseline` (SimpleITK reader, plain ``sitk.Resample`` preprocessing, eager fp32 NCDHW).
 
 Arrays are z-y-x, intensities HU, geometry LPS mm. Both paths' outputs are compared: expansion probability and
 model-grid probability map (max absolute difference), and the thresholded mask on the DICOM grid (Dice).
@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 from torch import nn
 
 from app.model.runtime import InferenceRunner
 from app.preprocessing.plans import Plans
+from bench import baseline
 
 T = TypeVar("T")
 
@@ -57,34 +57,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int(np.logical_and(a, b).sum()) / denom
 
 
-def read_series_sitk(folder: Path) -> sitk.Image:
-    """The straightforward reader: GDCM file names sorted by SimpleITK, float32 HU."""
-    reader = sitk.ImageSeriesReader()
-    names = reader.GetGDCMSeriesFileNames(str(folder))
-    if not names:
-        raise ValueError(f"no DICOM series in {folder}")
-    reader.SetFileNames(names)
-    return sitk.Cast(reader.Execute(), sitk.sitkFloat32)
-
-
 def run_baseline(folder: Path, model: nn.Module, plans: Plans) -> PathResult:
-    """Baseline path on CPU, eager float32 NCDHW (``model`` must be in NCDHW layout, eval mode)."""
-    from app.preprocessing import preprocess, probabilities_to_reference
-
+    """The straightforward path (:mod:`bench.baseline`) on CPU; ``model`` in NCDHW layout, eval mode."""
     res = PathResult()
     st = res.stages_s
-    image = _timed(st, "read_decode_assemble", lambda: read_series_sitk(folder))
-    case = _timed(st, "preprocess", lambda: preprocess(image, plans))
-
-    def forward() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return model.predict(torch.from_numpy(case.tensor)[None, None])
-
-    seg, cls = _timed(st, "forward", forward)
-    res.probability_map = seg[0, 0].numpy()
-    res.expansion_probability = float(cls[0])
-    prob_ref = _timed(st, "inverse_mapping",
-                      lambda: probabilities_to_reference(res.probability_map, case.grid, image))
+    image = _timed(st, "read_decode_assemble", lambda: baseline.read_series_sitk(folder))
+    tensor, grid = _timed(st, "preprocess", lambda: baseline.preprocess_plain(image, plans))
+    res.probability_map, res.expansion_probability = _timed(st, "forward",
+                                                            lambda: baseline.forward_eager(model, tensor))
+    prob_ref = _timed(st, "inverse_mapping", lambda: baseline.probabilities_back(res.probability_map, grid, image))
     res.mask_reference = (prob_ref >= plans.mask_threshold).astype(np.uint8)
     return res
 

@@ -95,6 +95,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 def load_level(base: str, body: bytes, clients: int, requests: int, timeout_s: float = 600.0) -> dict[str, Any]:
     """``requests`` POSTs shared by ``clients`` threads (one httpx.Client each). Seconds and requests/s."""
     latencies: list[float] = []
+    forward_s: list[float] = []  # the server's own timing of the forward pass of each successful request
     failures: list[str] = []
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -110,11 +111,16 @@ def load_level(base: str, body: bytes, clients: int, requests: int, timeout_s: f
                     r = c.post(f"{base}/v1/predictions", content=body, headers={"content-type": "application/zip"})
                     ok = r.status_code == 200
                     detail = f"HTTP {r.status_code}: {r.text[:200]}"
+                    inference_ms = r.json()["timings_ms"]["inference"] if ok else None
                 except httpx.HTTPError as exc:
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
                 dt = time.perf_counter() - t0
                 with lock:
-                    (latencies.append(dt) if ok else failures.append(detail))
+                    if ok:
+                        latencies.append(dt)
+                        forward_s.append(inference_ms / 1000.0)
+                    else:
+                        failures.append(detail)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -128,6 +134,11 @@ def load_level(base: str, body: bytes, clients: int, requests: int, timeout_s: f
                            "throughput_rps": len(latencies) / wall if wall > 0 else 0.0}
     if latencies:
         out["latency_s"] = percentiles(latencies)
+        lat, fw = np.asarray(latencies), np.asarray(forward_s)
+        # upload -> JSON minus the forward pass, over upload -> JSON (meaningful with one client: with more,
+        # latency also includes waiting for the model)
+        out["non_forward_fraction"] = float(np.median((lat - fw) / lat))
+        out["forward_s_median"] = float(np.median(fw))
     return out
 
 
@@ -140,4 +151,6 @@ def bench_service(weights_dir: Path, series_folder: Path, device: str, levels: S
     single = next((r["throughput_rps"] for r in results if r["clients"] == 1), None)
     for r in results:
         r["throughput_vs_single"] = r["throughput_rps"] / single if single else None
-    return {"device": device, "upload_bytes": len(body), "levels": results, "server_peak_rss_bytes": rss}
+    one = next((r for r in results if r["clients"] == 1 and "non_forward_fraction" in r), None)
+    return {"device": device, "upload_bytes": len(body), "levels": results, "server_peak_rss_bytes": rss,
+            "single_client_non_forward_fraction": one["non_forward_fraction"] if one else None}
