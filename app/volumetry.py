@@ -33,12 +33,17 @@ def _check(mask: np.ndarray, spacing_zyx: Sequence[float]) -> None:
 
 
 def _pixel_corners_mm(slice_mask: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """(N, 2) in-plane coordinates (y, x) in mm of the four corners of every foreground pixel."""
-    rows, cols = np.nonzero(slice_mask)
-    corners = [
-        np.column_stack([(rows + oy) * dy, (cols + ox) * dx]) for oy in (-0.5, 0.5) for ox in (-0.5, 0.5)
-    ]
-    return np.unique(np.concatenate(corners), axis=0)
+    """(N, 2) in-plane coordinates (y, x) in mm of the outer corners of the leftmost and rightmost foreground
+    pixel of every row: every other pixel corner lies on the segment between two of these (same row edge), so
+    their convex hull, and every diameter measured on it, equals that of all the pixels' outlines. O(rows), so
+    a slice that is mostly foreground costs no more than a small haematoma."""
+    rows = np.flatnonzero(slice_mask.any(axis=1))
+    sub = slice_mask[rows]
+    first = np.argmax(sub, axis=1)
+    last = sub.shape[1] - 1 - np.argmax(sub[:, ::-1], axis=1)
+    ys = np.concatenate([rows - 0.5, rows + 0.5, rows - 0.5, rows + 0.5]) * dy
+    xs = np.concatenate([first - 0.5, first - 0.5, last + 0.5, last + 0.5]) * dx
+    return np.unique(np.column_stack([ys, xs]), axis=0)
 
 
 def _diameters_mm(slice_mask: np.ndarray, dy: float, dx: float) -> tuple[float, float]:

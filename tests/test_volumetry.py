@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app import volumetry
 from app.volumetry import abc2_volume_ml, touches_fov_edge, volume_ml
 
 
@@ -95,3 +96,34 @@ def test_touches_fov_edge():
         edge[index] = 1
         assert touches_fov_edge(edge), index
     assert not touches_fov_edge(np.zeros((2, 2, 2)))
+
+
+def _diameters_from_all_corners(slice_mask: np.ndarray, dy: float, dx: float) -> tuple[float, float]:
+    """Reference: A and B from the corners of *every* foreground pixel, brute force (no hull)."""
+    rows, cols = np.nonzero(slice_mask)
+    pts = np.concatenate([np.column_stack([(rows + oy) * dy, (cols + ox) * dx])
+                          for oy in (-0.5, 0.5) for ox in (-0.5, 0.5)])
+    pts = np.unique(pts, axis=0)
+    d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    a = float(np.sqrt(d2[i, j]))
+    u = (pts[j] - pts[i]) / a
+    proj = pts @ np.array([-u[1], u[0]])
+    return a, float(proj.max() - proj.min())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_abc2_diameters_from_row_extremes_equal_all_pixel_corners(seed: int) -> None:
+    """The O(rows) corner set gives the same A and B as all pixel corners, for irregular and holed shapes."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((24, 24), dtype=bool)
+    for _ in range(3):  # a union of random blobs, with random holes
+        cy, cx, ry, rx = rng.uniform(5, 19), rng.uniform(5, 19), rng.uniform(1, 7), rng.uniform(1, 7)
+        yy, xx = np.mgrid[:24, :24]
+        mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    mask &= rng.random(mask.shape) > 0.15
+    dy, dx = rng.uniform(0.3, 1.0, 2)
+    got = volumetry._diameters_mm(mask, dy, dx)
+    want = _diameters_from_all_corners(mask, dy, dx)
+    assert got[0] == pytest.approx(want[0], rel=1e-9)
+    assert got[1] == pytest.approx(want[1], rel=1e-6)
