@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-service", action="store_true")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-jpeg2000", action="store_true")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests per service concurrency level (default: 2 with --quick, else 16)")
     args = p.parse_args(argv)
     repeats = 1 if args.quick else 3
     plans = Plans()
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 report["service"] = bench_service(write_weights(model, plans, tmpdir / "weights"),
                                                   series["uncompressed"], device, levels,
-                                                  requests_per_level=2 if args.quick else 16)
+                                                  requests_per_level=args.requests or (2 if args.quick else 16))
             except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth printing
                 report["service"] = {"error": f"{type(exc).__name__}: {exc}"}
     if not args.skip_training:
@@ -245,6 +247,9 @@ def table(r: dict[str, Any]) -> str:
         lines.append("  stages: " + ", ".join(f"{k} {v:.3f}" for k, v in pl["optimised_stages_s"].items()))
     for lvl in r.get("service", {}).get("levels", []):
         lines.append(f"service {lvl['clients']} clients: {lvl['throughput_rps']:.3f} req/s, {lvl.get('latency_s')}")
+    if r.get("service", {}).get("single_client_non_forward_fraction") is not None:
+        lines.append(f"service, 1 client: upload-to-JSON non-forward share "
+                     f"{r['service']['single_client_non_forward_fraction']:.1%}")
     if "training" in r:
         t = r["training"]
         lines.append(f"training: {t['seconds_per_step_full']:.2f} s/step, paper preset "
