@@ -1,8 +1,9 @@
 """Forward-pass cost: FLOPs (torch.utils.flop_counter), measured time, and the machine's dense fp32 matmul rate.
 
 The ratio ``forward FLOP rate / matmul FLOP rate`` is the figure to compare across (shared, noisy) machines.
-Both rates are best-of-N wall-clock measurements taken back to back in the same process, so that a burst of
-load from other processes penalises neither side systematically.
+On a shared VM both rates drift by 15-20 % within minutes (measured here: 2048² matmul 70 -> 84 GFLOP/s and
+back), so :func:`interleaved_forward_report` measures them in pairs, the matmul rate right before each forward
+pass, and reports the median of the paired ratios beside the best times.
 """
 
 from __future__ import annotations
@@ -63,3 +64,31 @@ def forward_report(run: Callable[[np.ndarray], object], flops: int, shape_zyx: t
     seconds = best_seconds(lambda: run(x), repeats, warmup=1, sync=sync)
     rate = flops / seconds
     return {"seconds": seconds, "flop_rate": rate, "fraction_of_matmul": rate / matmul_rate}
+
+
+def interleaved_forward_report(paths: dict[str, Callable[[np.ndarray], object]], flops: int,
+                               shape_zyx: tuple[int, int, int], repeats: int, device: torch.device | str = "cpu",
+                               sync: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+    """Time every path in ``paths`` (runners taking a (D,H,W) float32 array) ``repeats`` times, round-robin, each
+    pass preceded by a matmul-rate measurement (best of 3). Each path gets ``seconds`` (best), ``seconds_median``,
+    ``flop_rate`` (at the best time), ``matmul_flop_rate`` (median of its paired measurements) and
+    ``fraction_of_matmul``: the median over repeats of (forward FLOP rate / the matmul rate measured just before).
+    One untimed warm-up pass per path comes first."""
+    x = np.random.default_rng(0).normal(size=shape_zyx).clip(0, None).astype(np.float32)
+    for run in paths.values():
+        run(x)
+    if sync:
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(max(1, repeats)):
+        for name, run in paths.items():
+            rates[name].append(matmul_flop_rate(repeats=3, device=device))
+            times[name].append(best_seconds(lambda run=run: run(x), repeats=1, warmup=0, sync=sync))
+    out: dict[str, dict[str, float]] = {}
+    for name in paths:
+        t, r = np.asarray(times[name]), np.asarray(rates[name])
+        out[name] = {"seconds": float(t.min()), "seconds_median": float(np.median(t)),
+                     "flop_rate": flops / float(t.min()), "matmul_flop_rate": float(np.median(r)),
+                     "fraction_of_matmul": float(np.median(flops / t / r)), "repeats": int(t.size)}
+    return out

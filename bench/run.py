@@ -105,15 +105,8 @@ def bench_forward(model: DualOutputUNet3D, runner: InferenceRunner, shape: tuple
             return eager_model.predict(torch.from_numpy(x)[None, None].to(device))
 
     out: dict[str, Any] = {"shape_zyx": list(shape), "flops": flops, "runner": runner.describe()}
-    rate_before = fwd.matmul_flop_rate(device=device)
-    out["eager_ncdhw_fp32"] = fwd.forward_report(eager, flops, shape, rate_before, repeats, sync)
-    rate_mid = fwd.matmul_flop_rate(device=device)
-    out["optimised"] = fwd.forward_report(runner.run, flops, shape, rate_mid, repeats, sync)
-    rate_after = fwd.matmul_flop_rate(device=device)
-    out["matmul_flop_rate"] = {"before": rate_before, "mid": rate_mid, "after": rate_after}
-    best_rate = max(rate_before, rate_mid, rate_after)
-    for key in ("eager_ncdhw_fp32", "optimised"):
-        out[key]["fraction_of_best_matmul"] = out[key]["flop_rate"] / best_rate
+    out.update(fwd.interleaved_forward_report({"eager_ncdhw_fp32": eager, "optimised": runner.run}, flops, shape,
+                                              repeats, device, sync))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         runner.run(torch.zeros(shape).numpy())
@@ -198,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests per service concurrency level (default: 2 with --quick, else 16)")
     args = p.parse_args(argv)
     repeats = 1 if args.quick else 3
+    forward_repeats = 2 if args.quick else 5
     plans = Plans()
     shape = plans.matrix_zyx
     model = make_model()
     t_start = time.perf_counter()
     report: dict[str, Any] = {"hardware": hardware(), "quick": args.quick}
     runner, first_pass_s = make_runner(model, shape)
-    report["forward"] = bench_forward(model, runner, shape, repeats)
+    report["forward"] = bench_forward(model, runner, shape, forward_repeats)
     report["forward"]["optimised_first_pass_s"] = first_pass_s
     report["forward_fraction_of_matmul"] = report["forward"]["optimised"]["fraction_of_matmul"]
     with tempfile.TemporaryDirectory(prefix="ich-bench-") as tmp:

@@ -96,6 +96,7 @@ def load_level(base: str, body: bytes, clients: int, requests: int, timeout_s: f
     """``requests`` POSTs shared by ``clients`` threads (one httpx.Client each). Seconds and requests/s."""
     latencies: list[float] = []
     forward_s: list[float] = []  # the server's own timing of the forward pass of each successful request
+    server_s: list[float] = []  # the server's own timing of the whole request (read to response body)
     failures: list[str] = []
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -111,14 +112,15 @@ def load_level(base: str, body: bytes, clients: int, requests: int, timeout_s: f
                     r = c.post(f"{base}/v1/predictions", content=body, headers={"content-type": "application/zip"})
                     ok = r.status_code == 200
                     detail = f"HTTP {r.status_code}: {r.text[:200]}"
-                    inference_ms = r.json()["timings_ms"]["inference"] if ok else None
+                    timings = r.json()["timings_ms"] if ok else {}
                 except httpx.HTTPError as exc:
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
                 dt = time.perf_counter() - t0
                 with lock:
                     if ok:
                         latencies.append(dt)
-                        forward_s.append(inference_ms / 1000.0)
+                        forward_s.append(timings["inference"] / 1000.0)
+                        server_s.append(timings["total"] / 1000.0)
                     else:
                         failures.append(detail)
 
@@ -139,6 +141,8 @@ def load_level(base: str, body: bytes, clients: int, requests: int, timeout_s: f
         # latency also includes waiting for the model)
         out["non_forward_fraction"] = float(np.median((lat - fw) / lat))
         out["forward_s_median"] = float(np.median(fw))
+        # HTTP overhead: upload, multipart/ZIP spooling, routing, JSON, outside the server's stage timings
+        out["http_overhead_s_median"] = float(np.median(lat - np.asarray(server_s)))
     return out
 
 

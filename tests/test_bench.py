@@ -58,6 +58,21 @@ def test_matmul_rate_and_forward_report_are_finite() -> None:
     assert rep["seconds"] > 0 and rep["fraction_of_matmul"] == pytest.approx(rep["flop_rate"] / rate)
 
 
+def test_interleaved_forward_report_pairs_each_pass_with_a_matmul_measurement(monkeypatch) -> None:
+    rates = iter([100.0, 200.0, 100.0, 400.0])  # matmul rates measured before each pass, in call order
+    monkeypatch.setattr(fwd, "matmul_flop_rate", lambda **_: next(rates))
+    calls: list[str] = []
+    paths = {"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b")}
+    rep = fwd.interleaved_forward_report(paths, flops=1000, shape_zyx=(2, 4, 4), repeats=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # one warm-up each, then round-robin
+    for name, (r1, r2) in {"a": (100.0, 100.0), "b": (200.0, 400.0)}.items():
+        got = rep[name]
+        assert got["repeats"] == 2 and 0 < got["seconds"] <= got["seconds_median"]
+        assert got["matmul_flop_rate"] == pytest.approx((r1 + r2) / 2)
+        assert got["flop_rate"] == pytest.approx(1000 / got["seconds"])
+        assert math.isfinite(got["fraction_of_matmul"]) and got["fraction_of_matmul"] > 0
+
+
 def test_dice() -> None:
     a = np.zeros((4, 4), np.uint8)
     b = a.copy()
