@@ -18,7 +18,8 @@ x = np.random.default_rng(0).normal(size=(32, 256, 256)).clip(0, None).astype(np
 with torch.no_grad():
     s, c = ref.predict(torch.from_numpy(x)[None, None].cuda())
 ref_p, ref_c = s[0, 0].cpu().numpy(), float(c[0])
-for kw in ({"autocast": "off"}, {"autocast": "bf16"}, {"autocast": "bf16", "cuda_graphs": True}):
+for kw in ({"autocast": "off"}, {"autocast": "bf16"}, {"autocast": "bf16", "cuda_graphs": True},
+           {"autocast": "bf16", "compile": True}):
     m = DualOutputUNet3D().eval(); m.load_state_dict(ref.state_dict())
     r = InferenceRunner(m, "cuda", **kw); r.warm_up((32, 256, 256), 3)
     torch.cuda.synchronize(); t = time.perf_counter(); n = 20
