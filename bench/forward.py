@@ -68,14 +68,18 @@ def forward_report(run: Callable[[np.ndarray], object], flops: int, shape_zyx: t
 
 def interleaved_forward_report(paths: dict[str, Callable[[np.ndarray], object]], flops: int,
                                shape_zyx: tuple[int, int, int], repeats: int, device: torch.device | str = "cpu",
-                               sync: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
+                               sync: Callable[[], None] | None = None,
+                               setup: dict[str, Callable[[], object]] | None = None) -> dict[str, dict[str, float]]:
     """Time every path in ``paths`` (runners taking a (D,H,W) float32 array) ``repeats`` times, round-robin, each
     pass preceded by a matmul-rate measurement (best of 3). Each path gets ``seconds`` (best), ``seconds_median``,
     ``flop_rate`` (at the best time), ``matmul_flop_rate`` (median of its paired measurements) and
     ``fraction_of_matmul``: the median over repeats of (forward FLOP rate / the matmul rate measured just before).
-    One untimed warm-up pass per path comes first."""
+    One untimed warm-up pass per path comes first. ``setup[name]``, when given, runs (untimed) before each of
+    that path's passes, e.g. to switch the process's allocator policy between paths."""
     x = np.random.default_rng(0).normal(size=shape_zyx).clip(0, None).astype(np.float32)
-    for run in paths.values():
+    setup = setup or {}
+    for name, run in paths.items():
+        setup.get(name, lambda: None)()
         run(x)
     if sync:
         sync()
@@ -83,6 +87,7 @@ def interleaved_forward_report(paths: dict[str, Callable[[np.ndarray], object]],
     rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(max(1, repeats)):
         for name, run in paths.items():
+            setup.get(name, lambda: None)()
             rates[name].append(matmul_flop_rate(repeats=3, device=device))
             times[name].append(best_seconds(lambda run=run: run(x), repeats=1, warmup=0, sync=sync))
     out: dict[str, dict[str, float]] = {}

@@ -7,6 +7,7 @@ checked at 1e-4.
 
 from __future__ import annotations
 
+import platform
 import threading
 
 import numpy as np
@@ -17,9 +18,11 @@ from app.model.config import ModelConfig
 from app.model.runtime import (
     InferenceRunner,
     configure_cpu_threads,
+    cpu_memory_retained,
     cxx_compiler_available,
     resolve_autocast,
     resolve_compile,
+    set_cpu_memory_retention,
 )
 from app.model.unet import DualOutputUNet3D
 
@@ -258,3 +261,19 @@ def test_configure_cpu_threads_sets_and_restores() -> None:
     finally:
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc policy")
+def test_cpu_memory_retention_toggles_and_keeps_results(reference) -> None:
+    x, ref_prob, _ = reference
+    runner = InferenceRunner(_model(), "cpu")
+    try:
+        assert set_cpu_memory_retention(True) is True and cpu_memory_retained()
+        assert runner.describe()["retain_cpu_memory"] is True
+        big = torch.empty(64 * 1024**2 // 4)  # above glibc's mmap threshold: now served from the heap
+        del big
+        prob, _ = runner.run(x)
+        assert np.abs(prob - ref_prob).max() < 1e-4
+    finally:
+        assert set_cpu_memory_retention(False) is True
+    assert not cpu_memory_retained() and runner.describe()["retain_cpu_memory"] is False

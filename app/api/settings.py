@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile (inductor, freezing) of the model: auto = on CPU when a C++ compiler is "
         "found (1.2-1.7x faster forward passes there; compiled during warm-up, ~10-40 s), off on CUDA")
+    retain_cpu_memory: bool = Field(
+        True, description="On CPU (glibc), keep freed memory for the next forward pass instead of returning it to "
+        "the OS: no page faults on ~1-2 GB of activations per pass (~5 % faster), RSS stays at its peak")
     warmup_passes: int = Field(1, ge=0, description="Forward passes on zeros before reporting ready")
 
     # --- server ------------------------------------------------------------------------------------------

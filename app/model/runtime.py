@@ -22,6 +22,9 @@ What it does differently from the plain ``model.predict(torch.from_numpy(x)[None
   first pass per input shape compiles (default weights: ~20 s cold, ~9 s from inductor's on-disk cache; paper
   model ~40 s cold), so the service does it during warm-up, before it reports ready. If compilation fails (no
   compiler, an unsupported platform) the runner logs it once and falls back to eager; :meth:`describe` says which.
+* **retained CPU memory** (:func:`set_cpu_memory_retention`, applied by the service on CPU; ``ICH_RETAIN_CPU_MEMORY``):
+  activations come from glibc's heap instead of fresh ``mmap``s, so a pass does not page-fault its buffers in
+  again (~5 % of the compiled forward pass here).
 * **overlap**: on CUDA the device lock is held only while the work is *enqueued*. The host->device copy comes from
   pinned memory and the device->host copy goes into pinned memory with ``non_blocking=True``; the caller waits
   for its own result on a CUDA event after releasing the lock. So while request N's kernels run, request N+1's
@@ -38,8 +41,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
+import functools
 import logging
 import os
+import platform
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -97,6 +103,52 @@ def resolve_compile(device: torch.device, mode: CompileMode) -> bool:
     if mode != "auto":
         raise ValueError(f"unknown compile mode {mode!r}")
     return device.type == "cpu" and cxx_compiler_available()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc <malloc.h>
+_GLIBC_DEFAULT_MMAP_MAX, _GLIBC_DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
+_KEEP_FREED_BYTES = 2**31 - 1  # mallopt takes an int
+_retaining = False
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def set_cpu_memory_retention(retain: bool) -> bool:
+    """Process-wide glibc malloc policy for the CPU forward pass. Returns False where it does not apply (not glibc).
+
+    By default glibc serves every allocation above 32 MB with a fresh ``mmap`` and returns it with ``munmap`` on
+    free, so each forward pass page-faults its ~1-2 GB of activations in again (zero-filled by the kernel).
+    ``retain=True`` serves them from the heap and keeps freed memory for the next pass (PyTorch's CPU tuning
+    guide recommends jemalloc/tcmalloc for the same reason; this is the glibc equivalent, no extra library).
+    Measured on the 2-core EPYC, paper model 32x256x256, three alternating process pairs: compiled forward
+    8.45-8.80 s -> 7.97-8.19 s; eager 10.9 -> 9.0 s. The cost: the process keeps its peak memory (the service's
+    RSS stays at its high-water mark). ``retain=False`` restores glibc's defaults and releases what it can.
+    """
+    global _retaining
+    libc = _glibc()
+    if libc is None:
+        return False
+    if retain:
+        ok = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)
+    else:
+        ok = libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX) and libc.mallopt(
+            _M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+    _retaining = bool(retain and ok)
+    return bool(ok)
+
+
+def cpu_memory_retained() -> bool:
+    """Whether :func:`set_cpu_memory_retention` (True) is in effect in this process."""
+    return _retaining
 
 
 def configure_cpu_threads(num_threads: int | None) -> int:
@@ -218,6 +270,7 @@ class InferenceRunner:
             "compile_error": self.compile_error,
             "cuda_graphs": self.cuda_graphs,
             "cpu_threads": torch.get_num_threads(),
+            "retain_cpu_memory": cpu_memory_retained() if self.device.type == "cpu" else None,
         }
 
     # --- internals ----------------------------------------------------------------------------------------------
