@@ -12,6 +12,7 @@ The warm-up pass then runs in the background while ``/health/live`` already answ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def run(args: argparse.Namespace) -> int:
         "weights_version": args.weights_version, "device": args.device,
     }.items() if v is not None}
     settings = ServiceSettings(**overrides)
+    if settings.retain_cpu_memory:
+        # before any thread exists: threads created later then share glibc's main arena, where the policy holds
+        from app.inference import resolve_device
+        from app.model.runtime import set_cpu_memory_retention
+
+        with contextlib.suppress(ValueError, RuntimeError):  # an unusable device is reported just below
+            if resolve_device(settings.device).type == "cpu":
+                set_cpu_memory_retention(True)
     try:
         predictor = Predictor.from_registry(settings.weights_dir, settings.weights_version, settings.device,
                                             settings.amp, compile=settings.compile)
