@@ -18,7 +18,8 @@ What it does differently from the plain ``model.predict(torch.from_numpy(x)[None
   found): the weights become constants, oneDNN convolution weights are pre-packed once, the transposed
   convolutions go to oneDNN's deconvolution (eager PyTorch falls back to a slow path for them), and each
   normalisation + ReLU becomes one fused C++ loop. Measured on the 2-core AVX2 EPYC (bench/README.md): paper model
-  32x256x256 10.6 -> 8.6 s, default weights 32x96x96 0.51 -> 0.30 s, probabilities within ~1e-6 of eager. The
+  32x256x256 eager 10.3 s -> 8.2 s (with retained memory, below), default weights 32x96x96 0.51 -> 0.30 s,
+  probabilities within ~3e-6 of eager. The
   first pass per input shape compiles (default weights: ~20 s cold, ~9 s from inductor's on-disk cache; paper
   model ~40 s cold), so the service does it during warm-up, before it reports ready. If compilation fails (no
   compiler, an unsupported platform) the runner logs it once and falls back to eager; :meth:`describe` says which.
