@@ -5,7 +5,8 @@
   ``sitk.Mask`` and one ``sitk.Resample`` of the whole stripped volume onto the model grid with SimpleITK's cubic
   B-spline, the brain mask with nearest neighbour, window and z-score in numpy;
 * forward: eager float32 NCDHW ``model.predict`` under ``torch.no_grad``;
-* inverse: ``sitk.Resample`` (linear) of the probability map back onto the DICOM grid, threshold 0.5.
+* inverse: :func:`app.preprocessing.probabilities_to_reference` (already the plain way: one linear
+  ``sitk.Resample`` of the probability map back onto the DICOM grid), threshold 0.5.
 
 What the optimised path does differently (``bench/pipeline.py``): the project's reader (parallel-capable decoding,
 geometry checks), cropping to the field of view and the separable B-spline fast path in
@@ -60,11 +61,3 @@ def forward_eager(model: nn.Module, tensor: np.ndarray) -> tuple[np.ndarray, flo
     with torch.no_grad():
         seg, cls = model.predict(torch.from_numpy(tensor)[None, None])
     return seg[0, 0].numpy(), float(cls[0])
-
-
-def probabilities_back(prob: np.ndarray, grid: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    """Linear ``sitk.Resample`` of the model-grid probability map onto ``reference``'s grid (float32 z-y-x)."""
-    moving = sitk.GetImageFromArray(prob)
-    moving.CopyInformation(grid)
-    return sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                sitk.sitkFloat32))

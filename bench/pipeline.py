@@ -26,6 +26,7 @@ from app.model.runtime import InferenceRunner
 from app.outputs.nifti import mask_nifti_bytes
 from app.outputs.overlay import render_overlay_png
 from app.outputs.seg import build_seg, seg_bytes
+from app.preprocessing.inverse import probabilities_to_reference
 from app.preprocessing.plans import Plans
 from bench import baseline
 
@@ -69,7 +70,7 @@ def run_baseline(folder: Path, model: nn.Module, plans: Plans) -> PathResult:
     tensor, grid = _timed(st, "preprocess", lambda: baseline.preprocess_plain(image, plans))
     res.probability_map, res.expansion_probability = _timed(st, "forward",
                                                             lambda: baseline.forward_eager(model, tensor))
-    prob_ref = _timed(st, "inverse_mapping", lambda: baseline.probabilities_back(res.probability_map, grid, image))
+    prob_ref = _timed(st, "inverse_mapping", lambda: probabilities_to_reference(res.probability_map, grid, image))
     res.mask_reference = (prob_ref >= plans.mask_threshold).astype(np.uint8)
     return res
 
@@ -78,7 +79,7 @@ def run_optimised(folder: Path, runner: InferenceRunner, plans: Plans, *, encode
                   skull_strip_breakdown: bool = True) -> tuple[PathResult, dict[str, Any]]:
     """Optimised path. Returns the result and extra figures (encoding sizes, skull-strip share, errors)."""
     from app.ingestion import load_series
-    from app.preprocessing import mask_to_source_slices, preprocess, probabilities_to_reference
+    from app.preprocessing import mask_to_source_slices, preprocess
 
     res = PathResult()
     st = res.stages_s

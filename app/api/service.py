@@ -28,7 +28,6 @@ from app.api.store import ResultStore
 from app.api.uploads import Upload
 from app.errors import IngestionError, RefusalCode
 from app.inference import EXPANSION_DEFINITION, InferenceOutOfMemory, PredictionResult, Predictor
-from app.model.runtime import set_cpu_memory_retention
 from app.outputs import CompactResult
 
 RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png"}
@@ -65,8 +64,6 @@ class PredictionService:
             t0 = time.perf_counter()
             self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp,
                                                                   compile=s.compile)
-            if s.retain_cpu_memory and self.predictor.device.type == "cpu":
-                set_cpu_memory_retention(True)
             if s.warmup_passes:
                 self.predictor.warm_up(s.warmup_passes)
             info = self.predictor.model_summary()

@@ -26,7 +26,8 @@ class ServiceSettings(BaseSettings):
         "found (1.2-1.7x faster forward passes there; compiled during warm-up, ~10-40 s), off on CUDA")
     retain_cpu_memory: bool = Field(
         True, description="On CPU (glibc), keep freed memory for the next forward pass instead of returning it to "
-        "the OS: no page faults on ~1-2 GB of activations per pass (~5 % faster), RSS stays at its peak")
+        "the OS: no page faults on ~1-2 GB of activations per pass (~5 % faster), RSS stays at its peak. Applied "
+        "process-wide by `python -m app serve` at start-up, before any thread exists")
     warmup_passes: int = Field(1, ge=0, description="Forward passes on zeros before reporting ready")
 
     # --- server ------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ What it does differently from the plain ``model.predict(torch.from_numpy(x)[None
   first pass per input shape compiles (default weights: ~20 s cold, ~9 s from inductor's on-disk cache; paper
   model ~40 s cold), so the service does it during warm-up, before it reports ready. If compilation fails (no
   compiler, an unsupported platform) the runner logs it once and falls back to eager; :meth:`describe` says which.
-* **retained CPU memory** (:func:`set_cpu_memory_retention`, applied by the service on CPU; ``ICH_RETAIN_CPU_MEMORY``):
+* **retained CPU memory** (:func:`set_cpu_memory_retention`, applied by ``python -m app serve`` on CPU;
+  ``ICH_RETAIN_CPU_MEMORY``):
   activations come from glibc's heap instead of fresh ``mmap``s, so a pass does not page-fault its buffers in
   again (~5 % of the compiled forward pass here).
 * **overlap**: on CUDA the device lock is held only while the work is *enqueued*. The host->device copy comes from
