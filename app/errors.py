@@ -14,7 +14,7 @@ from typing import Any
 class RefusalCode(StrEnum):
     """Why an input cannot be analysed (HTTP 4xx ``code`` field, ``inspect`` exit 2)."""
 
-    NOT_DICOM = "not_dicom"  # nothing in the input is DICOM (detected by content)
+    NOT_DICOM = "not_dicom"  # nothing in the input is DICOM or NIfTI (detected by content)
     NO_IMAGE_SERIES = "no_image_series"  # DICOM present, but no usable image series
     NOT_CT = "not_ct"  # image series present, none of modality CT
     AMBIGUOUS_SERIES = "ambiguous_series"  # two or more equally good candidates; caller must name one
@@ -32,6 +32,10 @@ class RefusalCode(StrEnum):
     BRAIN_NOT_FOUND = "brain_not_found"  # preprocessing: skull stripping found no brain
     UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"  # only enhanced multi-frame CT (not supported) was found
     INVALID_DICOM = "invalid_dicom"  # a DICOM object whose header cannot be parsed (damaged element, wrong VR)
+    INVALID_NIFTI = "invalid_nifti"  # a NIfTI file (recognised by content) whose header or data is damaged/truncated
+    UNSUPPORTED_VOLUME = "unsupported_volume"  # NIfTI that is not one scalar 3D volume (4D series, RGB, NIfTI-2)
+    NOT_HOUNSFIELD_UNITS = "not_hounsfield_units"  # a volume whose intensities are not CT HU (MR, normalised)
+    MULTIPLE_VOLUMES = "multiple_volumes"  # several NIfTI volumes, or NIfTI and DICOM, in one input
 
 
 class WarningCode(StrEnum):
@@ -44,6 +48,16 @@ class WarningCode(StrEnum):
     LOSSY_COMPRESSION = "lossy_compression"
     SERIES_CHOSEN_AUTOMATICALLY = "series_chosen_automatically"
     FIELD_OF_VIEW_TRUNCATED = "field_of_view_truncated"
+    NO_DICOM_SOURCE = "no_dicom_source"  # NIfTI input: outputs that reference source instances (DICOM SEG) are not made
+    # result-level: the haematoma lies probably below the tentorium (centroid heuristic, no atlas); the
+    # paper's population excluded infratentorial haematomas
+    INFRATENTORIAL_HAEMATOMA = "infratentorial_haematoma"
+
+
+class ResultReason(StrEnum):
+    """Why a prediction field is null (``expansion.reason``)."""
+
+    NO_HAEMATOMA_DETECTED = "no_haematoma_detected"  # the detection rule rejected the segmented mask
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,14 @@
 :class:`Predictor` turns an :class:`~app.ingestion.types.IngestedSeries` (HU, LPS, z-y-x) into a
 :class:`PredictionResult`: the expansion probability, the haematoma mask on the analysis grid (the ingested
 series' regular grid, i.e. the original DICOM grid unless ingestion had to resample a tilted or unevenly spaced
-acquisition) and per source instance, and the volumetry. The work is split into three stages so that the
+acquisition) and per source instance, and the volumetry. The weights' post-processing settings
+(:class:`~app.model.postprocessing.Postprocessing`) decide whether a haematoma was detected at all (when not,
+the mask is emptied and no expansion probability is reported), calibrate the expansion probability (the
+registered threshold applies to the calibrated value), and flag a probably infratentorial haematoma. The work is split into three stages so that the
 service can run the CPU-heavy ones in a thread pool and the model in a single worker per device:
 
 ``prepare`` (CPU: skull strip, resample, normalise) -> ``infer`` (device: forward pass) -> ``finish``
-(CPU: inverse mapping, threshold, volumetry). :meth:`Predictor.predict` runs all three in sequence.
+(CPU: inverse mapping, threshold, detection, calibration, volumetry). :meth:`Predictor.predict` runs all three in sequence.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import SimpleITK as sitk
 import torch
 
 from app.ingestion.types import IngestedSeries
+from app.model.postprocessing import (
+    NOT_DETECTED_REASON,
+    Postprocessing,
+    centroid_lps,
+    centroid_offset_lps,
+    mean_inside,
+)
 from app.model.runtime import CompileMode, InferenceRunner
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,8 @@ class PreparedCase:
 
     tensor: np.ndarray  # float32 (D, H, W) on the model grid
     grid: sitk.Image  # model grid geometry (LPS)
+    # centroid of the brain mask on the model grid, (x, y, z) LPS mm; None when unknown
+    brain_centroid_lps: tuple[float, float, float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -63,25 +75,46 @@ class PredictionResult:
     ``mask`` is uint8 {0, 1} on the analysis grid (same origin/spacing/direction as ``IngestedSeries.image``);
     ``source_slice_masks`` is uint8 (n_instances, rows, columns), one frame per source instance in volume order.
     Volumes are in mL, measured on the analysis grid.
+
+    ``detected``: the weights' detection rule accepted the thresholded mask (volume and mean probability). When
+    it did not, the mask and per-slice masks are all zeros (``volume_ml``, ``abc2_volume_ml`` and
+    ``voxel_count`` 0, ``touches_fov_edge`` and ``infratentorial`` False), ``probability`` and ``predicted``
+    are None and ``reason`` is ``"no_haematoma_detected"``. ``raw_probability`` is the uncalibrated model
+    output (always present); ``probability`` the calibrated one, compared with ``threshold``.
+    ``mean_probability`` (mean haematoma probability inside the thresholded mask, analysis grid) and
+    ``segmented_volume_ml`` (that mask's volume, mL) are measured before the detection rule, so detection
+    rules can be fitted from them.
     """
 
-    probability: float
+    detected: bool
+    raw_probability: float
+    probability: float | None
     threshold: float
-    predicted: bool
+    predicted: bool | None
+    reason: str | None
     mask: sitk.Image
     source_slice_masks: np.ndarray
     volume_ml: float
     abc2_volume_ml: float
     voxel_count: int
     touches_fov_edge: bool
+    infratentorial: bool
+    mean_probability: float
+    segmented_volume_ml: float
     timings_ms: dict[str, float]
 
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers (without the mask)."""
         return {
+            "detected": self.detected,
+            "raw_probability": self.raw_probability,
             "probability": self.probability,
             "threshold": self.threshold,
             "predicted": self.predicted,
+            "reason": self.reason,
+            "infratentorial": self.infratentorial,
+            "mean_probability": self.mean_probability,
+            "segmented_volume_ml": self.segmented_volume_ml,
             "volume_ml": self.volume_ml,
             "abc2_volume_ml": self.abc2_volume_ml,
             "voxel_count": self.voxel_count,
@@ -98,6 +131,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {requested!r} requested but CUDA is not available")
     return device
+
+
+def resolve_postprocessing(weights: Any) -> Postprocessing:
+    """``weights.postprocessing`` (validated by the registry), else the block of ``weights.manifest`` (defaults
+    when it has none), for stand-ins that carry only a manifest."""
+    post = getattr(weights, "postprocessing", None)
+    if isinstance(post, Postprocessing):
+        return post
+    return Postprocessing.from_manifest(getattr(weights, "manifest", None))
 
 
 def _ms(start: float) -> float:
@@ -123,6 +165,7 @@ class Predictor:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.plans = weights.plans
         self.threshold = float(weights.threshold)
+        self.postprocessing = resolve_postprocessing(weights)
         self.runner = InferenceRunner(
             weights.model, self.device, channels_last=channels_last,
             autocast=amp if self.device.type == "cuda" else "off", cuda_graphs=cuda_graphs, compile=compile,
@@ -150,7 +193,9 @@ class Predictor:
 
         t0 = time.perf_counter()
         case = preprocess(series.image, self.plans)
-        return PreparedCase(tensor=case.tensor, grid=case.grid, timings_ms={"preprocess": _ms(t0)})
+        return PreparedCase(tensor=case.tensor, grid=case.grid,
+                            brain_centroid_lps=centroid_lps(case.brain_mask, case.grid),
+                            timings_ms={"preprocess": _ms(t0)})
 
     def infer(self, tensor: np.ndarray) -> RawPrediction:
         """One forward pass on the device through :class:`~app.model.runtime.InferenceRunner` (device work
@@ -167,32 +212,52 @@ class Predictor:
         return RawPrediction(prob_map, expansion, _ms(t0))
 
     def finish(self, series: IngestedSeries, prepared: PreparedCase, raw: RawPrediction) -> PredictionResult:
-        """Map probabilities back to the analysis grid, threshold, and measure (CPU)."""
+        """Map probabilities back to the analysis grid, threshold, apply the detection rule, calibrate, and
+        measure (CPU); see :class:`PredictionResult` for what a failed detection reports."""
         from app import volumetry
         from app.preprocessing import mask_to_source_slices, probabilities_to_reference
 
         t0 = time.perf_counter()
+        post = self.postprocessing
         prob_ref = probabilities_to_reference(raw.probability_map, prepared.grid, series.image)
         mask_arr = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
+        segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
+        mean_probability = mean_inside(prob_ref, mask_arr)
+        detected = post.detection.detected(segmented_ml, mean_probability)
+        if detected:
+            offset = centroid_offset_lps(centroid_lps(mask_arr, series.image), prepared.brain_centroid_lps)
+            infratentorial = post.infratentorial.applies(offset)
+            model_mask = (raw.probability_map >= self.plans.mask_threshold).astype(np.uint8)
+            touches_edge = bool(volumetry.touches_fov_edge(model_mask))
+        else:
+            mask_arr = np.zeros_like(mask_arr)
+            infratentorial = touches_edge = False
+        raw_probability = float(raw.expansion_probability)
+        probability = post.calibration.apply(raw_probability) if detected else None
         mask = sitk.GetImageFromArray(mask_arr)
         mask.CopyInformation(series.image)
         if not series.resampled and mask_arr.shape[0] == len(series.slices):
             per_slice = mask_arr
         else:
             per_slice = np.asarray(mask_to_source_slices(mask, series.slices), dtype=np.uint8)
-        model_mask = (raw.probability_map >= self.plans.mask_threshold).astype(np.uint8)
         timings = dict(prepared.timings_ms)
         timings["inference"] = raw.inference_ms
         result = PredictionResult(
-            probability=raw.expansion_probability,
+            detected=detected,
+            raw_probability=raw_probability,
+            probability=probability,
             threshold=self.threshold,
-            predicted=raw.expansion_probability >= self.threshold,
+            predicted=None if probability is None else bool(probability >= self.threshold),
+            reason=None if detected else NOT_DETECTED_REASON,
             mask=mask,
             source_slice_masks=per_slice,
-            volume_ml=float(volumetry.volume_ml(mask_arr, series.spacing_zyx)),
+            volume_ml=segmented_ml if detected else 0.0,
             abc2_volume_ml=float(volumetry.abc2_volume_ml(mask_arr, series.spacing_zyx)),
             voxel_count=int(mask_arr.sum(dtype=np.int64)),
-            touches_fov_edge=bool(volumetry.touches_fov_edge(model_mask)),
+            touches_fov_edge=touches_edge,
+            infratentorial=infratentorial,
+            mean_probability=mean_probability,
+            segmented_volume_ml=segmented_ml,
             timings_ms=timings,
         )
         result.timings_ms["postprocess"] = _ms(t0)

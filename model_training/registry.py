@@ -108,8 +108,10 @@ def render_model_card(name: str, version: str, run_cfg: dict[str, Any], evaluati
         "| Metric | Value |",
         "|---|---|",
         f"| Test cases (expansion) | {evaluation['n']['test']} ({evaluation['n']['test_positive']}) |",
-        f"| Dice, test (mean ± SD, model grid) | {_fmt(test['dice_mean'])} ± {_fmt(test['dice_sd'])} |",
-        f"| Dice, training (mean ± SD) | {_fmt(evaluation['train']['dice_mean'])} ± "
+        f"| Dice, test (mean ± SD, {evaluation.get('dice_grid') or 'model grid'}) | {_fmt(test['dice_mean'])} ± "
+        f"{_fmt(test['dice_sd'])} |",
+        f"| Dice, training (mean ± SD, {evaluation.get('train_dice_grid') or 'model grid'}) | "
+        f"{_fmt(evaluation['train']['dice_mean'])} ± "
         f"{_fmt(evaluation['train']['dice_sd'])} |",
         f"| AUC | {auc} |",
         f"| Decision threshold (Youden, training) | {evaluation['threshold']:.4f} |",

@@ -149,17 +149,20 @@ def random_weights(seed: int = 0) -> RandomWeights:
     return RandomWeights(model=model, plans=small_plans(), config=config, manifest={"intended_use": "tests only"})
 
 
-def make_weights_dir(root: Path, seed: int = 0, version: str = SMALL_VERSION) -> Path:
+def make_weights_dir(root: Path, seed: int = 0, version: str = SMALL_VERSION,
+                     postprocessing: dict | None = None) -> Path:
     """A weights folder (``root``) holding one small random model written with
     :func:`app.weights.registry.save_weights` and registered as the default, exactly as
     ``python -m model_training register`` lays it out; the service loads it through the registry (checksums
-    verified). Returns ``root``."""
+    verified). ``postprocessing``: the manifest's post-processing block (none: the defaults). Returns ``root``."""
     from app.weights.registry import model_id, register_in_registry, save_weights
 
     model, config = small_model(seed)
     root.mkdir(parents=True, exist_ok=True)
     manifest = {"name": SMALL_NAME, "version": version, "threshold": 0.5, "intended_use": "tests only",
                 "created": "2024-01-01T00:00:00Z", "metrics": {}}
+    if postprocessing is not None:
+        manifest["postprocessing"] = postprocessing
     save_weights(model, small_plans(), config, root / model_id(SMALL_NAME, version), manifest,
                  "# test-small\n\nRandom weights for the service tests; not a model.\n")
     register_in_registry(root, SMALL_NAME, version, manifest["created"], make_default=True)

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 pytest.importorskip("app.volumetry", reason="app.volumetry not present yet")
 
 from dicom_factory import make_ct_dataset, save, write_ct_series, zip_paths  # noqa: E402
+from nifti_factory import write_four_d, write_not_hu, write_phantom_nifti, write_truncated  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from service_fixtures import ServerProcess, start_server, stow_body, write_phantom_series, zip_bytes  # noqa: E402
 
@@ -239,6 +240,14 @@ def _refusal_request(code: str, d: Path, shared: Path | None) -> dict:
     if code == "unsupported_sop_class":
         assert shared is not None
         return _files([shared / "cornerstone_ct_transfer_syntaxes" / "CT0012.fragmented_no_bot_jpeg_baseline.51.dcm"])
+    if code == "invalid_nifti":  # NIfTI by content (header and magic), but cut in half
+        return _files([write_truncated(d / "cut.nii")])
+    if code == "unsupported_volume":
+        return _files([write_four_d(d / "series.nii")])
+    if code == "not_hounsfield_units":
+        return _files([write_not_hu(d / "mr.nii.gz", "mr")])
+    if code == "multiple_volumes":
+        return _files([write_phantom_nifti(d / f"v{k}.nii.gz", n_slices=6, size=32) for k in range(2)])
     raise AssertionError(f"no request builder for {code}")
 
 
@@ -322,6 +331,9 @@ def test_health_model_and_readme_examples(server: ServerProcess, phantom: list[P
     model = httpx.get(f"{server.base_url}/v1/model", timeout=10).json()
     assert model["parameter_count"] > 0 and "plans" in model and "threshold" in model
     assert model["name"] == "test-small" and len(model["sha256"]) == 64  # loaded through the registry
+    post = model["postprocessing"]  # the block in effect: defaults, as the test manifest has none
+    assert post["detection"]["min_volume_ml"] == 0.5 and post["calibration"]["method"] == "identity"
+    assert post["infratentorial"] == {"max_dz_mm": -20.0, "min_dy_mm": 15.0}
     work = tmp_path / "readme"
     shutil.copytree(phantom[0].parent, work / "study")
     env = {**os.environ, "ICH_URL": server.base_url}

@@ -70,10 +70,15 @@ def test_predictor_stages_on_a_dicom_phantom(weights_dir: Path, phantom: list[Pa
     voxel_ml = float(np.prod(series.spacing_zyx)) / 1000.0
     assert result.volume_ml == pytest.approx(result.voxel_count * voxel_ml, rel=1e-6)
     assert result.source_slice_masks.shape == (len(phantom), 64, 64)
-    assert result.predicted == (result.probability >= result.threshold)
+    if result.detected:  # the default detection rule (>= 0.5 mL); identity calibration without a block
+        assert result.probability == result.raw_probability and result.reason is None
+        assert result.predicted == (result.probability >= result.threshold)
+    else:
+        assert result.probability is None and result.predicted is None and result.voxel_count == 0
+        assert result.reason == "no_haematoma_detected" and 0.0 <= result.raw_probability <= 1.0
     assert set(result.timings_ms) == {"preprocess", "inference", "postprocess"}
     again = predictor.predict(series)  # deterministic
-    assert again.probability == result.probability and again.voxel_count == result.voxel_count
+    assert again.raw_probability == result.raw_probability and again.voxel_count == result.voxel_count
 
 
 def test_default_weights_measure_the_phantom_haematoma(tmp_path: Path) -> None:
@@ -92,7 +97,8 @@ def test_default_weights_measure_the_phantom_haematoma(tmp_path: Path) -> None:
     result = predictor.predict(load_series([str(tmp_path / "case")]))
     truth = case.baseline_volume_ml
     assert abs(result.volume_ml - truth) <= 0.10 * truth, (result.volume_ml, truth)
-    assert 0.0 <= result.probability <= 1.0 and not result.touches_fov_edge
+    assert result.detected and 0.0 <= result.probability <= 1.0 and not result.touches_fov_edge
+    assert not result.infratentorial  # basal ganglia
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -43,6 +43,10 @@ REFUSAL_STATUS: dict[RefusalCode, int] = {
     RefusalCode.BRAIN_NOT_FOUND: 422,
     RefusalCode.UNSUPPORTED_SOP_CLASS: 422,
     RefusalCode.INVALID_DICOM: 422,
+    RefusalCode.INVALID_NIFTI: 422,
+    RefusalCode.UNSUPPORTED_VOLUME: 422,
+    RefusalCode.NOT_HOUNSFIELD_UNITS: 422,
+    RefusalCode.MULTIPLE_VOLUMES: 422,
 }
 
 SERVICE_CODES: dict[str, tuple[int, str]] = {
@@ -53,6 +57,7 @@ SERVICE_CODES: dict[str, tuple[int, str]] = {
     "validation_error": (422, "Invalid request parameters"),
     "unauthorized": (401, "Missing or invalid API key"),
     "not_found": (404, "Not found"),
+    "seg_needs_dicom_source": (409, "This output needs DICOM source images"),
     "method_not_allowed": (405, "Method not allowed"),
     "request_timeout": (408, "The upload was not completed in time"),
     "overloaded": (503, "The service is at capacity; retry later"),

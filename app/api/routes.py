@@ -44,7 +44,8 @@ def build_router(auth: Depends) -> APIRouter:  # type: ignore[valid-type]
              responses={400: {}, 401: {}, 413: {}, 415: {}, 422: {}, 503: {}})
     async def create_prediction(request: Request) -> JSONResponse:
         """Analyse one head-CT series. Body: multipart/form-data (`files` parts, optional
-        `series_instance_uid`, `onset_to_ct_hours`), application/zip, or multipart/related STOW-RS."""
+        `series_instance_uid`, `onset_to_ct_hours`), application/zip, multipart/related STOW-RS, or one HU NIfTI
+        volume (`.nii`/`.nii.gz`, as a `files` part or an application/gzip / application/x-nifti body)."""
         service = _service(request)
         s = service.settings
         if not service.ready:
@@ -106,14 +107,15 @@ def build_router(auth: Depends) -> APIRouter:  # type: ignore[valid-type]
                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
         v1.add_api_route(f"/predictions/{{prediction_id}}/{name}", get_file, methods=["GET"],
-                         name=f"get_{name.replace('.', '_')}", responses={404: {}})
+                         name=f"get_{name.replace('.', '_')}", responses={404: {}, 409: {}})
 
     for fname in FILE_TYPES:
         _file_route(fname)
 
     @v1.get("/model")
     async def get_model(request: Request) -> JSONResponse:
-        """The registered manifest of the served weights (version, plans, metrics, threshold, intended use)."""
+        """The registered manifest of the served weights (version, plans, metrics, threshold, intended use) and
+        the post-processing in effect (detection, calibration, infratentorial; defaults filled in)."""
         service = _service(request)
         if service.predictor is None:
             raise Problem("not_ready", service.not_ready_reason,
@@ -127,7 +129,7 @@ def build_router(auth: Depends) -> APIRouter:  # type: ignore[valid-type]
             "name": w.name, "version": w.version, "sha256": w.weights_sha256, "threshold": w.threshold,
             "plans": w.plans.model_dump(mode="json"), "config": w.config.model_dump(mode="json"),
             "parameter_count": count_parameters(p.model), "device": str(p.device),
-            "runtime": p.runner.describe(),
+            "runtime": p.runner.describe(), "postprocessing": p.postprocessing.model_dump(mode="json"),
         })
         return JSONResponse(body)
 

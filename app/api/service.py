@@ -28,6 +28,7 @@ from app.api.store import ResultStore
 from app.api.uploads import Upload
 from app.errors import IngestionError, RefusalCode
 from app.inference import EXPANSION_DEFINITION, InferenceOutOfMemory, PredictionResult, Predictor
+from app.model.postprocessing import result_warnings
 from app.outputs import CompactResult
 
 RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png"}
@@ -170,7 +171,7 @@ class PredictionService:
             self._update_store_metrics()
             log.info("prediction done", extra={
                 "prediction_id": pid, "series": pseudonym(series.series_instance_uid),
-                "slices": len(series.slices), "timings_ms": body["timings_ms"],
+                "slices": series.slice_count, "timings_ms": body["timings_ms"],
             })
             return body
         finally:
@@ -206,6 +207,9 @@ class PredictionService:
             return None
         if name in entry.files:
             return entry.files[name]
+        missing = entry.compact.unavailable(name) if isinstance(entry.compact, CompactResult) else None
+        if missing is not None:
+            raise Problem(missing.code, missing.reason)
         data = await self._cpu(self.store.get_file, prediction_id, name)
         self.metrics.stage_latency.labels(RENDER_STAGES.get(name, "render")).observe(time.perf_counter() - t0)
         self._update_store_metrics()
@@ -224,7 +228,8 @@ def compact_outputs(predictor: Predictor, series: Any, result: PredictionResult)
 
 
 def render_files(predictor: Predictor, series: Any, result: PredictionResult) -> dict[str, bytes]:
-    """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU), as ``python -m app predict`` writes them."""
+    """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU), as ``python -m app predict`` writes them; without
+    source instances (a NIfTI input) there is no SEG (:meth:`CompactResult.unavailable` says why)."""
     return compact_outputs(predictor, series, result).render_all()
 
 
@@ -244,33 +249,39 @@ def build_response(
     prefix = f"{base_url}/v1/predictions/{pid}"
     timings = dict(timings)
     timings["total"] = round(sum(v for k, v in timings.items()), 3)
+    warnings = [*series.warnings, *result_warnings(result, predictor.postprocessing)]
     return {
         "id": pid,
         "model": {"name": w.name, "version": w.version, "sha256": w.weights_sha256},
         "input": {
             "study_instance_uid": series.study_instance_uid,
             "series_instance_uid": series.series_instance_uid,
-            "slice_count": len(series.slices),
+            "slice_count": series.slice_count,
+            "source_kind": series.source_kind,
             "spacing_mm": [float(v) for v in series.spacing_zyx],
             "onset_to_ct_hours": onset_to_ct_hours,
-            "warnings": [wr.as_dict() for wr in series.warnings],
+            "warnings": [wr.as_dict() for wr in warnings],
         },
         "expansion": {
             "probability": result.probability,
+            "raw_probability": result.raw_probability,
             "threshold": result.threshold,
-            "predicted": bool(result.predicted),
+            "predicted": result.predicted,
+            "reason": result.reason,
             "definition": definition,
         },
         "haematoma": {
+            "detected": result.detected,
             "volume_ml": result.volume_ml,
             "abc2_volume_ml": result.abc2_volume_ml,
             "voxel_count": result.voxel_count,
             "touches_fov_edge": result.touches_fov_edge,
+            "infratentorial": result.infratentorial,
         },
         "links": {
             "self": prefix,
             "mask_nifti": f"{prefix}/mask.nii.gz",
-            "seg_dicom": f"{prefix}/seg.dcm",
+            "seg_dicom": f"{prefix}/seg.dcm" if series.source_headers else None,  # a NIfTI input has no SEG
             "overlay_png": f"{prefix}/overlay.png",
         },
         "timings_ms": timings,

@@ -2,10 +2,12 @@
 
 Accepted bodies:
 
-* ``multipart/form-data``: one or more ``files`` parts (DICOM instances and/or ZIP archives) and optional
-  ``series_instance_uid`` / ``onset_to_ct_hours`` text fields;
+* ``multipart/form-data``: one or more ``files`` parts (DICOM instances and/or ZIP archives, or one NIfTI volume)
+  and optional ``series_instance_uid`` / ``onset_to_ct_hours`` text fields;
 * ``application/zip`` (or ``application/x-zip-compressed``): one archive;
 * ``application/dicom`` or ``application/octet-stream``: one DICOM instance or archive (sniffed by content);
+* ``application/gzip``, ``application/x-gzip`` or ``application/x-nifti``: one NIfTI volume (``.nii.gz`` or
+  ``.nii``; recognised by content like everything else, the part's name and type are never trusted);
 * ``multipart/related; type="application/dicom"``: a DICOMweb STOW-RS style body, one instance per part.
 
 The body size is counted as it arrives (Content-Length is only used to refuse early). Part file names are
@@ -33,6 +35,9 @@ SINGLE_BODY_TYPES = {
     "application/x-zip-compressed",
     "application/dicom",
     "application/octet-stream",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-nifti",
 }
 
 
@@ -165,8 +170,8 @@ async def receive_upload(
     else:
         raise Problem(
             "unsupported_media_type",
-            "Send multipart/form-data ('files' parts), application/zip, application/dicom or "
-            'multipart/related; type="application/dicom"',
+            "Send multipart/form-data ('files' parts), application/zip, application/dicom, a NIfTI volume "
+            '(application/gzip or application/x-nifti) or multipart/related; type="application/dicom"',
         )
     is_multipart = media_type.startswith("multipart/")
     boundary = params.get(b"boundary")

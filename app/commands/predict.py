@@ -1,8 +1,10 @@
 """``python -m app predict INPUT... --out DIR``: one prediction without a server.
 
 Writes ``result.json`` (the same JSON as ``POST /v1/predictions``), ``mask.nii.gz``, ``seg.dcm`` and
-``overlay.png`` to ``--out``. Exit codes: 0 success, 2 input refused (the refusal JSON on stderr),
-3 weights could not be loaded.
+``overlay.png`` to ``--out``. The input is a DICOM series (files, folders, ZIPs) or one HU NIfTI volume (``.nii``,
+``.nii.gz``); a NIfTI input has no source instances, so ``seg.dcm`` is not written: the reason is printed on
+stderr and listed under ``files_not_written`` in result.json and ``not_written`` in the summary line on stdout.
+Exit codes: 0 success, 2 input refused (the refusal JSON on stderr), 3 weights could not be loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="predict expansion + haematoma mask for one CT series",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", type=Path, help="DICOM files, folders or ZIP archives")
+    p.add_argument("inputs", nargs="+", type=Path, help="DICOM files, folders or ZIP archives, or one NIfTI volume")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--series-instance-uid", default=None, help="analyse this series when several are present")
     p.add_argument("--onset-to-ct-hours", type=float, default=None, help="echoed in result.json")
@@ -32,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.api.service import build_response, render_files
+    from app.api.service import build_response, compact_outputs
     from app.errors import IngestionError
     from app.inference import Predictor
     from app.ingestion import load_series
+    from app.outputs import FILE_NAMES
 
     try:
         predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
@@ -55,15 +58,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     timings.update(result.timings_ms)
     t0 = time.perf_counter()
-    files = render_files(predictor, series, result)
+    compact = compact_outputs(predictor, series, result)
+    files = compact.render_all()
+    not_written = {name: missing for name in FILE_NAMES if (missing := compact.unavailable(name)) is not None}
     timings["outputs"] = round((time.perf_counter() - t0) * 1000, 3)
     body = build_response(uuid.uuid4().hex, predictor, series, result, timings, args.onset_to_ct_hours, "")
     body.pop("links")
     body["files"] = sorted(["result.json", *files])
+    if not_written:
+        body["files_not_written"] = {name: {"code": m.code, "reason": m.reason} for name, m in not_written.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (args.out / name).write_bytes(data)
     (args.out / "result.json").write_text(json.dumps(body, indent=2) + "\n")
-    print(json.dumps({"out": str(args.out), "probability": result.probability, "predicted": result.predicted,
-                      "volume_ml": result.volume_ml}))
+    for name, missing in not_written.items():
+        print(f"{name} not written: {missing.reason}", file=sys.stderr)
+    print(json.dumps({"out": str(args.out), "detected": result.detected, "probability": result.probability,
+                      "predicted": result.predicted, "volume_ml": result.volume_ml,
+                      "not_written": {name: m.reason for name, m in not_written.items()}}))
     return 0

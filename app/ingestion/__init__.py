@@ -1,4 +1,9 @@
-"""DICOM ingestion with a quality gate: files / folders / ZIPs / bytes -> one axial CT volume in HU (LPS).
+"""DICOM and NIfTI ingestion with a quality gate: files / folders / ZIPs / bytes -> one axial CT volume in HU (LPS).
+
+An input whose members include a NIfTI file (recognised by content, :mod:`~app.ingestion.volume_file`) is read
+as that volume (``source_kind="nifti"``, no source instances); it must be the only image in the input (a second
+volume or any DICOM object alongside it: ``multiple_volumes``; other files are skipped and counted). Everything
+else is DICOM:
 
 Pipeline (each step in its own module):
 
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import IngestionError, QualityWarning, RefusalCode, WarningCode
-from app.ingestion import privacy
+from app.ingestion import privacy, volume_file
 from app.ingestion.attributes import PARSE_ERRORS, get_text, keyword_from_error, try_floats, try_text
 from app.ingestion.geometry import build_volume
 from app.ingestion.reading import (
@@ -51,7 +56,7 @@ from app.ingestion.reading import (
     transfer_syntax_name,
 )
 from app.ingestion.series import Candidate, choose, evaluate, group_candidates, sop_instance_uid
-from app.ingestion.sources import ArchiveLimits, expand_inputs
+from app.ingestion.sources import ArchiveLimits, Member, expand_inputs
 from app.ingestion.types import IngestedSeries, SeriesSummary, SourceSlice
 
 __all__ = [
@@ -75,6 +80,7 @@ class _Run:
 
     n_members: int = 0
     n_dicom: int = 0
+    n_nifti: int = 0
     skipped: Counter = field(default_factory=Counter)
     candidates: list[Candidate] = field(default_factory=list)
     chosen: Candidate | None = None
@@ -83,9 +89,8 @@ class _Run:
         return [c.summary for c in self.candidates if c.summary is not None]
 
 
-def _parse_all(inputs: Sequence[InputItem], limits: ArchiveLimits | None, run: _Run) -> list[Instance]:
-    members = expand_inputs(inputs, limits)
-    run.n_members = len(members)
+def _parse_all(members: list[Member], run: _Run) -> list[Instance]:
+    """Parse the DICOM members; empties ``members`` (the parsed datasets hold their own copies)."""
     parsed: list[Instance] = []
     for member in members:
         inst = parse_member(member)
@@ -93,11 +98,11 @@ def _parse_all(inputs: Sequence[InputItem], limits: ArchiveLimits | None, run: _
             run.skipped["not_dicom"] += 1
             continue
         parsed.append(inst)
-    del members
+    members.clear()
     run.n_dicom = len(parsed)
     if not parsed:
         raise IngestionError(
-            RefusalCode.NOT_DICOM, "None of the input files is DICOM.", {"n_files": run.n_members}
+            RefusalCode.NOT_DICOM, "None of the input files is DICOM or NIfTI.", {"n_files": run.n_members}
         )
     ct: list[Instance] = []
     for inst in parsed:
@@ -157,6 +162,35 @@ def _dedupe_sop_uids(instances: list[Instance]) -> tuple[list[Instance], int]:
     return kept, removed
 
 
+def _ingest_volume(members: list[Member], volumes: list[Member], run: _Run, limits: ArchiveLimits | None,
+                   min_slices: int) -> IngestedSeries:
+    """The NIfTI branch: exactly one volume and no DICOM object; other members are skipped and counted."""
+    run.n_nifti = len(volumes)
+    volume_ids = {id(v) for v in volumes}
+    run.n_dicom = sum(parse_member(m) is not None for m in members if id(m) not in volume_ids)
+    if len(volumes) > 1 or run.n_dicom:
+        raise IngestionError(
+            RefusalCode.MULTIPLE_VOLUMES,
+            f"The input holds {len(volumes)} NIfTI volume(s) and {run.n_dicom} DICOM object(s); send one NIfTI "
+            "volume or one DICOM series.",
+            {"n_nifti": len(volumes), "n_dicom": run.n_dicom},
+        )
+    n_other = run.n_members - 1
+    if n_other:
+        run.skipped["not_an_image"] = n_other
+    data = volumes[0].data
+    members.clear()
+    del volumes
+    series = volume_file.load_nifti(data, limits=limits, min_slices=min_slices)
+    if n_other:
+        series.warnings.append(QualityWarning(
+            WarningCode.SKIPPED_OBJECTS,
+            f"{n_other} file(s) that are not images were skipped.",
+            {"counts": {"not_an_image": n_other}},
+        ))
+    return series
+
+
 def _ingest(
     inputs: Sequence[InputItem],
     run: _Run,
@@ -165,7 +199,12 @@ def _ingest(
     limits: ArchiveLimits | None,
     min_slices: int,
 ) -> IngestedSeries:
-    ct = _parse_all(inputs, limits, run)
+    members = expand_inputs(inputs, limits)
+    run.n_members = len(members)
+    volumes = [m for m in members if volume_file.is_nifti(m.data)]
+    if volumes:  # a NIfTI volume has no series to choose: series_instance_uid does not apply
+        return _ingest_volume(members, volumes, run, limits, min_slices)
+    ct = _parse_all(members, run)
     run.candidates = group_candidates(ct)
     for cand in run.candidates:
         evaluate(cand, min_slices)
@@ -280,7 +319,8 @@ def load_series(
     limits: ArchiveLimits | None = None,
     min_slices: int = 3,
 ) -> IngestedSeries:
-    """Ingest DICOM files, folders (recursive), ZIP archives or raw bytes and return the chosen CT series.
+    """Ingest DICOM files, folders (recursive), ZIP archives or raw bytes and return the chosen CT series, or
+    the one NIfTI volume of the input (``source_kind="nifti"``; ``series_instance_uid`` does not apply to it).
 
     Raises :class:`app.errors.IngestionError` (with a stable ``code``) when the input cannot be analysed.
     """
@@ -297,6 +337,7 @@ def _geometry_report(series: IngestedSeries) -> dict[str, Any]:
         "direction": [round(v, 6) for v in img.GetDirection()],
         "resampled": series.resampled,
         "n_source_slices": len(series.slices),
+        "source_kind": series.source_kind,
     }
 
 
@@ -309,9 +350,10 @@ def inspect_inputs(
 ) -> dict[str, Any]:
     """Run the full ingestion and return a JSON-able report (no patient identifiers).
 
-    Keys: ``usable`` (bool), ``chosen_series`` (UID or None), ``series_found`` (summaries), ``objects``
-    (counts of members, DICOM objects and skipped objects per reason), ``checks`` (volume geometry of the
-    chosen series), ``warnings`` and ``refusal`` ({code, message, details} or None).
+    Keys: ``usable`` (bool), ``chosen_series`` (UID or None; ``""`` for a NIfTI volume), ``series_found``
+    (summaries), ``objects`` (counts of members, DICOM objects, NIfTI volumes and skipped objects per reason),
+    ``checks`` (volume geometry of the chosen series and its ``source_kind``), ``warnings`` and ``refusal``
+    ({code, message, details} or None).
     """
     run = _Run()
     report: dict[str, Any] = {"usable": False, "chosen_series": None, "refusal": None, "warnings": [], "checks": {}}
@@ -332,6 +374,7 @@ def inspect_inputs(
     report["objects"] = {
         "n_files": run.n_members,
         "n_dicom": run.n_dicom,
+        "n_nifti": run.n_nifti,
         "skipped": dict(sorted(run.skipped.items())),
     }
     return report

@@ -102,6 +102,16 @@ def _dedupe_positions(
     return [ordered[k] for k in keep], positions[keep], removed
 
 
+def require_slices(n_slices: int, min_slices: int) -> None:
+    """Refuse ``too_few_slices`` when a volume has fewer than ``min_slices`` distinct axial slices."""
+    if n_slices < min_slices:
+        raise IngestionError(
+            RefusalCode.TOO_FEW_SLICES,
+            f"The series has {n_slices} distinct slice(s); at least {min_slices} are required.",
+            {"n_slices": n_slices, "min_slices": min_slices},
+        )
+
+
 def _shift_axis(arr: np.ndarray, axis: int, shift_px: float, n_out: int) -> np.ndarray:
     """Linear interpolation of ``arr`` along ``axis`` at input indices ``u = i - shift_px``, ``i < n_out``.
 
@@ -212,12 +222,7 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
             f"{removed} duplicate image(s) at an already present position with identical pixels were ignored.",
             {"count": removed},
         ))
-    if len(ordered) < min_slices:
-        raise IngestionError(
-            RefusalCode.TOO_FEW_SLICES,
-            f"The series has {len(ordered)} distinct slice(s); at least {min_slices} are required.",
-            {"n_slices": len(ordered), "min_slices": min_slices},
-        )
+    require_slices(len(ordered), min_slices)
 
     a = positions @ r
     b = positions @ c

@@ -35,6 +35,7 @@ from app.ingestion.types import SeriesSummary
 
 TARGET_THICKNESS_MM = 5.0
 MAX_AXIAL_ANGLE_DEG = 45.0
+MAX_PIXEL_SPACING_MM = 100.0  # a pixel (or voxel) larger than this is a broken header, not an image
 
 
 @dataclass
@@ -71,10 +72,15 @@ def position_of(inst: Instance) -> tuple[float, ...] | None:
 
 def pixel_spacing_of(inst: Instance) -> tuple[float, ...] | None:
     """PixelSpacing (row spacing, column spacing) in mm, or None when missing, unreadable or not in (0, 100]."""
-    spacing = try_floats(inst.ds, "PixelSpacing", 2, max_abs=100.0)
-    if spacing is None or min(spacing) <= 0:
+    spacing = try_floats(inst.ds, "PixelSpacing", 2, max_abs=MAX_PIXEL_SPACING_MM)
+    if spacing is None or not spacing_plausible(spacing):
         return None
     return spacing
+
+
+def spacing_plausible(spacing_mm: tuple[float, ...] | list[float]) -> bool:
+    """Every spacing (mm) is finite and within (0, ``MAX_PIXEL_SPACING_MM``]."""
+    return all(math.isfinite(v) and 0 < v <= MAX_PIXEL_SPACING_MM for v in spacing_mm)
 
 
 def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
@@ -84,13 +90,19 @@ def slice_normal(orientation: tuple[float, ...]) -> np.ndarray:
     return n / norm if norm > 0 else n
 
 
-def _orthonormal(orientation: tuple[float, ...] | None, tolerance: float = 1e-2) -> bool:
+def orthonormal(orientation: tuple[float, ...] | None, tolerance: float = 1e-2) -> bool:
     """Row and column direction cosines are unit vectors and orthogonal (within ``tolerance``)."""
     if orientation is None:
         return False
     r, c = np.asarray(orientation[:3]), np.asarray(orientation[3:])
     return (abs(float(np.linalg.norm(r)) - 1) < tolerance and abs(float(np.linalg.norm(c)) - 1) < tolerance
             and abs(float(r @ c)) < tolerance)
+
+
+def is_axial(orientation: tuple[float, ...]) -> bool:
+    """The slice normal of ``orientation`` (row and column direction cosines, LPS) lies within
+    ``MAX_AXIAL_ANGLE_DEG`` of the patient S-I axis."""
+    return abs(float(slice_normal(orientation)[2])) >= math.cos(math.radians(MAX_AXIAL_ANGLE_DEG))
 
 
 def _thickness(instances: list[Instance]) -> float | None:
@@ -123,9 +135,9 @@ def evaluate(candidate: Candidate, min_slices: int) -> None:
     insts = candidate.instances
     reason: str | None = None
     # orientation first: a sagittal or coronal reformat is "not axial" whatever its positions look like
-    if not _orthonormal(candidate.orientation):
+    if not orthonormal(candidate.orientation):
         reason = str(RefusalCode.INCONSISTENT_GEOMETRY)
-    elif abs(float(slice_normal(candidate.orientation)[2])) < math.cos(math.radians(MAX_AXIAL_ANGLE_DEG)):  # type: ignore[arg-type]
+    elif not is_axial(candidate.orientation):  # type: ignore[arg-type]
         reason = str(RefusalCode.NOT_AXIAL)
     elif not all(position_of(i) is not None and pixel_spacing_of(i) is not None for i in insts):
         reason = str(RefusalCode.INCONSISTENT_GEOMETRY)

@@ -4,7 +4,7 @@ numpy arrays from SimpleITK are indexed z-y-x (slice, row, column)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
@@ -62,6 +62,9 @@ class SeriesSummary:
         return dict(self.__dict__)
 
 
+SourceKind = Literal["dicom", "nifti"]
+
+
 @dataclass
 class IngestedSeries:
     """The chosen series as a volume, with everything needed to map results back onto the original instances.
@@ -71,6 +74,11 @@ class IngestedSeries:
     (slice k of ``image`` is ``slices[k]``) and ``resampled`` is False. Otherwise ``image`` was resampled from
     the acquisition and ``resampled`` is True; masks must then be mapped back per source slice
     (``app.preprocessing.inverse.mask_to_source_slices``).
+
+    ``source_kind`` says where the volume came from: ``"dicom"`` (source instances in ``slices`` and
+    ``source_headers``) or ``"nifti"`` (a volume file: ``image`` is the file's own voxel grid, ``slices`` and
+    ``source_headers`` are empty, the UIDs are empty strings and ``frame_of_reference_uid`` is None, so outputs
+    that reference source instances, such as the DICOM SEG, cannot be made).
     """
 
     image: sitk.Image
@@ -84,6 +92,17 @@ class IngestedSeries:
     transfer_syntaxes: list[str] = field(default_factory=list)
     # pixel-free headers of the source instances in volume order (for DICOM SEG references); never logged
     source_headers: list[pydicom.Dataset] = field(default_factory=list)
+    source_kind: SourceKind = "dicom"
+
+    @property
+    def has_source_instances(self) -> bool:
+        """True when results can be mapped onto, and reference, original DICOM instances."""
+        return self.source_kind == "dicom" and bool(self.source_headers)
+
+    @property
+    def slice_count(self) -> int:
+        """Axial slices of the input: source instances for DICOM, slices (z size) of the volume for NIfTI."""
+        return len(self.slices) if self.source_kind == "dicom" else int(self.image.GetSize()[2])
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:

@@ -32,9 +32,24 @@ class ModelConfig(BaseModel):
     cls_convs: int = 2
     cls_width: int = 128
     dropout: float = 0.0
+    # "global": the supplement's global average pooling of the classification convolutions over the whole bridge.
+    # "haematoma": the same features pooled over the predicted haematoma (the segmentation probability, detached,
+    # averaged down to the bridge grid: weighted mean and weighted max) beside the global mean, plus the
+    # log predicted volume; the clot is a few per cent of the field of view that global pooling averages over.
+    cls_pooling: Literal["global", "haematoma"] = "global"
+    aux_outputs: int = 0  # auxiliary logits from the pooled classification features (e.g. the NCCT markers)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Sorted JSON of the settings; options added after the first weights are left out at their defaults,
+        so the fingerprints of weights trained before they existed stay valid."""
+        data = self.model_dump(mode="json")
+        for key, default in _LATER_OPTION_DEFAULTS.items():
+            if data.get(key) == default:
+                data.pop(key)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+_LATER_OPTION_DEFAULTS = {"cls_pooling": "global", "aux_outputs": 0}

@@ -1,13 +1,15 @@
 """The dual-output 3D U-Net of Zhong et al. (2021): haematoma segmentation + expansion classification.
 
 Input: (N, 1, D, H, W) float32, the preprocessed tensor (z-y-x). Output: ``(seg_logits, cls_logits)`` with
-shapes (N, 1, D, H, W) and (N, 1). The sigmoids are applied by :meth:`DualOutputUNet3D.predict` (and inside
+shapes (N, 1, D, H, W) and (N, 1); ``forward(x, with_aux=True)`` also returns the auxiliary logits
+(N, ``aux_outputs``) used in training (None without auxiliary outputs). The sigmoids are applied by :meth:`DualOutputUNet3D.predict` (and inside
 the losses, for numerical stability), so the network itself returns logits.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from app.model.config import ModelConfig
@@ -67,9 +69,28 @@ class DualOutputUNet3D(nn.Module):
         self.seg_head = nn.Conv3d(cin, 1, kernel_size=1)
         self.cls_convs = _stack(cfg.bridge_width, cfg.cls_width, cfg.cls_convs, cfg.norm)
         self.cls_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.cls_head = nn.Linear(cfg.cls_width, 1)
+        n_features = cfg.cls_width if cfg.cls_pooling == "global" else 3 * cfg.cls_width + 1
+        self.cls_head = nn.Linear(n_features, 1)
+        self.aux_head = nn.Linear(n_features, cfg.aux_outputs) if cfg.aux_outputs > 0 else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pooled(self, bridge: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        """Classification features (N, F): global mean, or with ``cls_pooling="haematoma"`` the global mean,
+        the mean and max weighted by the (detached) haematoma probability on the bridge grid, and
+        log(1 + predicted voxels / 1000) on the model grid."""
+        f = self.cls_convs(bridge)
+        g = f.mean(dim=(2, 3, 4))
+        if self.config.cls_pooling == "global":
+            return g
+        p = torch.sigmoid(seg.detach().float()).to(f.dtype)
+        w = F.adaptive_avg_pool3d(p, f.shape[2:])
+        wsum = w.sum(dim=(2, 3, 4))
+        mean = (f * w).sum(dim=(2, 3, 4)) / (wsum + 1e-3)
+        peak = (f * w).amax(dim=(2, 3, 4))
+        size = torch.log1p(p.sum(dim=(2, 3, 4)) / 1000.0)
+        return torch.cat([g, mean, peak, size], dim=1)
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        """``(seg_logits, cls_logits)``, or ``(seg_logits, cls_logits, aux_logits or None)`` with ``with_aux``."""
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -80,9 +101,11 @@ class DualOutputUNet3D(nn.Module):
             y = up(y)
             y = dec(torch.cat([y, skips.pop()], dim=1))
         seg = self.seg_head(y)
-        c = self.cls_convs(bridge).mean(dim=(2, 3, 4))
-        cls = self.cls_head(self.cls_dropout(c))
-        return seg, cls
+        c = self.cls_dropout(self._pooled(bridge, seg))
+        cls = self.cls_head(c)
+        if not with_aux:
+            return seg, cls
+        return seg, cls, self.aux_head(c) if self.aux_head is not None else None
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,9 +9,15 @@ renderers need, small and pixel-free where it concerns the source:
 * the per-source-instance masks as packed bits only when they differ from the analysis-grid mask (tilted or
   resampled acquisitions);
 * the pixel-free source headers (for the SEG's references and patient/study modules);
-* the HU of the PNG's key slices only (int16, HU), with their indices.
+* the HU of the PNG's key slices only (int16, HU), with their indices;
+* whether a haematoma was detected: when not, the (empty) mask still renders as NIfTI and as a DICOM SEG with
+  every frame empty (highdicom accepts an all-empty segment), and the PNG carries the label
+  :data:`NOT_DETECTED_LABEL`.
 
 :meth:`CompactResult.render` builds one file; the result store calls it on the first GET and caches the bytes.
+A result without source instances (a NIfTI input) has no DICOM SEG: :meth:`CompactResult.unavailable` gives the
+machine-readable code and the reason, :attr:`CompactResult.available_files` lists what can be rendered, and
+rendering the SEG raises :class:`OutputUnavailable`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,20 @@ FILE_NAMES: tuple[str, ...] = ("mask.nii.gz", "seg.dcm", "overlay.png")
 # Budget charged per pixel-free source header. A CT header without pixel data is 1-4 KiB as a pydicom
 # Dataset; 8 KiB also covers the Python object overhead.
 HEADER_NBYTES_ESTIMATE = 8 * 1024
+SEG_NEEDS_DICOM_SOURCE = "seg_needs_dicom_source"
+SEG_NEEDS_DICOM_SOURCE_REASON = ("The DICOM SEG references the source DICOM instances; this prediction was made "
+                                 "from a NIfTI volume, which has none. Use mask.nii.gz instead.")
+NOT_DETECTED_LABEL = "No haematoma detected"
+
+
+class OutputUnavailable(KeyError):
+    """A result file that this prediction cannot produce; ``code`` is machine-readable, ``reason`` a sentence."""
+
+    def __init__(self, name: str, code: str, reason: str):
+        super().__init__(name)
+        self.name = name
+        self.code = code
+        self.reason = reason
 
 
 def _pack(mask: np.ndarray) -> np.ndarray:
@@ -59,19 +79,22 @@ class CompactResult:
     overlay_hu: np.ndarray  # int16 (k, y, x), HU of the key slices
     algorithm_name: str
     algorithm_version: str
+    detected: bool = True  # False: the detection rule rejected the mask (the mask is empty)
 
     @classmethod
     def from_prediction(cls, series: Any, result: Any, *, algorithm_name: str, algorithm_version: str,
                         n_overlay_slices: int = 3) -> CompactResult:
         """From an :class:`~app.ingestion.types.IngestedSeries` and a :class:`~app.inference.PredictionResult`."""
         return cls.from_arrays(series, result.mask, result.source_slice_masks, algorithm_name=algorithm_name,
-                               algorithm_version=algorithm_version, n_overlay_slices=n_overlay_slices)
+                               algorithm_version=algorithm_version, n_overlay_slices=n_overlay_slices,
+                               detected=bool(getattr(result, "detected", True)))
 
     @classmethod
     def from_arrays(cls, series: Any, mask: sitk.Image, source_slice_masks: np.ndarray, *, algorithm_name: str,
-                    algorithm_version: str, n_overlay_slices: int = 3) -> CompactResult:
+                    algorithm_version: str, n_overlay_slices: int = 3, detected: bool = True) -> CompactResult:
         """``mask``: uint8 {0,1} image on ``series.image``'s grid; ``source_slice_masks``: uint8
-        (n_instances, rows, columns), one frame per entry of ``series.source_headers``."""
+        (n_instances, rows, columns), one frame per entry of ``series.source_headers``; ``detected``: False
+        when the detection rule rejected the mask (the PNG then says so)."""
         arr = sitk.GetArrayViewFromImage(mask)
         per_slice = np.asarray(source_slice_masks)
         if per_slice.ndim != 3 or per_slice.shape[0] != len(series.source_headers):
@@ -94,6 +117,7 @@ class CompactResult:
             overlay_hu=overlay_hu,
             algorithm_name=algorithm_name,
             algorithm_version=algorithm_version,
+            detected=bool(detected),
         )
 
     # --- views ----------------------------------------------------------------------------------------------
@@ -127,9 +151,24 @@ class CompactResult:
             return self.mask_array()
         return _unpack(self.slice_mask_bits, self.slice_mask_shape)
 
+    def unavailable(self, name: str) -> OutputUnavailable | None:
+        """Why file ``name`` of :data:`FILE_NAMES` cannot be produced for this result, or None when it can."""
+        if name == "seg.dcm" and not self.source_headers:
+            return OutputUnavailable(name, SEG_NEEDS_DICOM_SOURCE, SEG_NEEDS_DICOM_SOURCE_REASON)
+        return None
+
+    @property
+    def available_files(self) -> tuple[str, ...]:
+        """The names of :data:`FILE_NAMES` this result can render (no ``seg.dcm`` without source instances)."""
+        return tuple(name for name in FILE_NAMES if self.unavailable(name) is None)
+
     # --- rendering ------------------------------------------------------------------------------------------
     def render(self, name: str) -> bytes:
-        """The bytes of one file of :data:`FILE_NAMES`. Raises ``KeyError`` for any other name."""
+        """The bytes of one file of :data:`FILE_NAMES`. Raises :class:`OutputUnavailable` (a ``KeyError``) for a
+        file this result cannot produce and ``KeyError`` for any other name."""
+        missing = self.unavailable(name)
+        if missing is not None:
+            raise missing
         if name == "mask.nii.gz":
             return mask_nifti_bytes(self.mask_image())
         if name == "seg.dcm":
@@ -139,8 +178,10 @@ class CompactResult:
         if name == "overlay.png":
             mask = self.mask_array()
             picks = list(self.overlay_indices)
-            return render_panels(self.overlay_hu, mask[picks], picks, self.shape_zyx[0], self.spacing_zyx)
+            return render_panels(self.overlay_hu, mask[picks], picks, self.shape_zyx[0], self.spacing_zyx,
+                                 label=None if self.detected else NOT_DETECTED_LABEL)
         raise KeyError(name)
 
-    def render_all(self, names: Sequence[str] = FILE_NAMES) -> dict[str, bytes]:
-        return {name: self.render(name) for name in names}
+    def render_all(self, names: Sequence[str] | None = None) -> dict[str, bytes]:
+        """The files ``names`` (default: :attr:`available_files`) as bytes."""
+        return {name: self.render(name) for name in (self.available_files if names is None else names)}

@@ -4,7 +4,9 @@ Slices are axial planes of the analysis grid (array index z of a z-y-x array), d
 i.e. anterior up and patient right on the image left for an LPS-aligned axial grid (the radiological
 convention). The window is a brain window (default 0-80 HU). Panels are placed left to right in ascending z
 (inferior to superior for an LPS grid), separated by a black gap; the slice numbers (1-based) are written in the
-PNG ``tEXt`` chunk ``Description``. Non-square pixels are corrected by nearest-neighbour row resampling so that
+PNG ``tEXt`` chunk ``Description``. When the caller passes a ``label`` (``"No haematoma detected"`` when the
+detection rule rejected the mask), it is burnt in as a banner above the panels (:mod:`app.outputs.label`) and
+also written to the ``tEXt`` chunk ``Comment``. Non-square pixels are corrected by nearest-neighbour row resampling so that
 anatomy keeps its proportions.
 
 The whole rendering is array arithmetic (no figure, no font rendering) and deflate level 1: a few tens of ms
@@ -18,6 +20,8 @@ import zlib
 
 import numpy as np
 from scipy import ndimage
+
+from app.outputs.label import label_banner
 
 OUTLINE_RGB = (255, 0, 0)
 PANEL_GAP_PX = 4
@@ -96,17 +100,18 @@ def render_overlay_png(
     n_slices: int = 3,
     window_hu: tuple[float, float] = (0.0, 80.0),
     indices: list[int] | None = None,
+    label: str | None = None,
 ) -> bytes:
     """PNG bytes showing ``n_slices`` key axial slices of ``hu`` (z, y, x, HU) with ``mask`` (same shape)
     outlined in red. ``indices`` overrides the choice of slices (ascending z); pixel aspect follows
-    ``spacing_zyx`` (mm)."""
+    ``spacing_zyx`` (mm); ``label``: visible text above the panels (see the module docstring)."""
     if hu.shape != mask.shape or hu.ndim != 3:
         raise ValueError(f"hu {hu.shape} and mask {mask.shape} must be the same 3-D shape")
     if window_hu[1] <= window_hu[0]:
         raise ValueError(f"window {window_hu} must be (low, high) with low < high")
     picks = list(indices) if indices is not None else key_slices(mask, n_slices)
     return render_panels(np.stack([hu[z] for z in picks]), np.stack([mask[z] for z in picks]), picks,
-                         hu.shape[0], spacing_zyx, window_hu=window_hu)
+                         hu.shape[0], spacing_zyx, window_hu=window_hu, label=label)
 
 
 def render_panels(
@@ -117,9 +122,11 @@ def render_panels(
     spacing_zyx: tuple[float, float, float],
     *,
     window_hu: tuple[float, float] = (0.0, 80.0),
+    label: str | None = None,
 ) -> bytes:
     """PNG of already extracted key slices: ``hu_slices`` (k, y, x, HU) and ``mask_slices`` (k, y, x) taken at
-    z = ``indices`` of a volume ``depth`` slices deep (used by the result store, which keeps only these)."""
+    z = ``indices`` of a volume ``depth`` slices deep (used by the result store, which keeps only these).
+    ``label``: visible text in a banner above the panels, also in the ``tEXt`` chunk ``Comment``."""
     if hu_slices.shape != mask_slices.shape or hu_slices.ndim != 3 or len(indices) != hu_slices.shape[0]:
         raise ValueError(f"hu {hu_slices.shape}, mask {mask_slices.shape} and {len(indices)} indices disagree")
     row_scale = float(spacing_zyx[1]) / float(spacing_zyx[2])
@@ -132,4 +139,9 @@ def render_panels(
             row.append(gap)
         row.append(panel)
     description = "axial slices " + ", ".join(f"{z + 1}/{depth}" for z in indices) + "; haematoma outlined in red"
-    return encode_png_rgb(np.concatenate(row, axis=1), text={"Description": description, "Software": "ich-expansion"})
+    image = np.concatenate(row, axis=1)
+    text = {"Description": description, "Software": "ich-expansion"}
+    if label:
+        image = np.concatenate([label_banner(label, image.shape[1]), image], axis=0)
+        text["Comment"] = label
+    return encode_png_rgb(image, text=text)

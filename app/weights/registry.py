@@ -7,13 +7,18 @@ Layout::
     weights/<name>-<version>/model.safetensors
     weights/<name>-<version>/manifest.json  name, version, created, git_commit, plans, plans_fingerprint,
                                             model_config, training preset, manifest fingerprint, metrics,
-                                            threshold, parameters, files {name: sha256}, intended_use, ...
+                                            threshold, parameters, files {name: sha256}, intended_use,
+                                            postprocessing (optional: detection, calibration,
+                                            infratentorial; see app/model/postprocessing.py), ...
     weights/<name>-<version>/MODEL_CARD.md
 
 Weights are only ever stored as safetensors (no pickle is read or written). :func:`load_weights` verifies the
 sha256 of every file listed in the manifest, recomputes the plans fingerprint from the stored plans, checks the
 stored model config against its recorded fingerprint and every tensor name and shape against the architecture the
-config builds, and refuses any difference with :class:`WeightsError` naming the file and what differs.
+config builds, and refuses any difference with :class:`WeightsError` naming the file and what differs. The
+optional ``"postprocessing"`` block is validated too (``invalid_postprocessing``); absent, the documented
+defaults of :class:`~app.model.postprocessing.Postprocessing` apply. The manifest's ``threshold`` applies to the
+calibrated expansion probability.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from app.model.config import ModelConfig
+from app.model.postprocessing import MANIFEST_KEY as POSTPROCESSING_KEY
+from app.model.postprocessing import Postprocessing
 from app.model.unet import DualOutputUNet3D, count_parameters
 from app.preprocessing.plans import Plans
 
@@ -48,7 +55,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class WeightsError(Exception):
     """Weights cannot be used. ``code``: not_found, invalid_registry, invalid_manifest, checksum_mismatch,
-    plans_mismatch, config_mismatch, unsafe_format, exists."""
+    plans_mismatch, config_mismatch, invalid_postprocessing, unsafe_format, exists."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -69,7 +76,8 @@ class LoadedWeights:
     version: str
     weights_sha256: str
     path: Path
-    threshold: float
+    threshold: float  # decision threshold on the calibrated expansion probability (0-1)
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -134,6 +142,15 @@ def resolve_model_dir(weights_dir: Path, version: str | None = None) -> Path:
     return path
 
 
+def _postprocessing(manifest: dict[str, Any], where: Path | str) -> Postprocessing:
+    """The manifest's ``"postprocessing"`` block (defaults when absent); ``invalid_postprocessing`` otherwise."""
+    try:
+        return Postprocessing.from_manifest(manifest)
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise WeightsError("invalid_postprocessing",
+                           f"{where}: the {POSTPROCESSING_KEY!r} block is invalid: {exc}") from None
+
+
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = DualOutputUNet3D(config)
@@ -183,6 +200,7 @@ def load_weights(weights_dir: Path, version: str | None = None, device: str = "c
         raise WeightsError("config_mismatch", f"{manifest_path}: the stored model config is invalid: {exc}") from None
     if "model_config_fingerprint" in manifest and config.fingerprint() != manifest["model_config_fingerprint"]:
         raise WeightsError("config_mismatch", f"{manifest_path}: model config differs from its recorded fingerprint")
+    postprocessing = _postprocessing(manifest, manifest_path)
     weights_path = model_dir / WEIGHTS_FILE
     try:
         state = load_file(str(weights_path), device="cpu")
@@ -214,6 +232,7 @@ def load_weights(weights_dir: Path, version: str | None = None, device: str = "c
         weights_sha256=files[WEIGHTS_FILE],
         path=model_dir,
         threshold=float(manifest.get("threshold", 0.5)),
+        postprocessing=postprocessing,
     )
 
 
@@ -238,6 +257,8 @@ def save_weights(
         raise WeightsError("exists", f"{out_dir} already exists; versions are immutable, choose a new version")
     if model.config != config:
         raise WeightsError("config_mismatch", "the model was not built from the given model config")
+    if manifest.get(POSTPROCESSING_KEY) is not None:  # stored as validated (defaults filled in)
+        manifest = {**manifest, POSTPROCESSING_KEY: _postprocessing(manifest, "manifest").model_dump(mode="json")}
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -6,7 +6,8 @@ heterogeneous_density, ivh, label, scanner``. Only ``case_id``, ``image``, ``mas
 required; paths are relative to the manifest's folder. Volumes are in mL, onset-to-CT in hours, markers 0/1,
 dates ISO ``YYYY-MM-DD``. When ``label`` is empty it is derived from the baseline and follow-up volumes by the
 paper's rule (model_training.labels.expansion_label); a missing baseline volume is measured on the baseline mask
-and a missing follow-up volume on the follow-up mask. No patient identifier is ever logged: messages name the
+and a missing follow-up volume on the follow-up mask. A row with baseline volume 0 and no follow-up is a head
+without haemorrhage: it has no expansion label (``label`` None). No patient identifier is ever logged: messages name the
 manifest row and the case id only.
 """
 
@@ -34,7 +35,11 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     *MARKER_COLUMNS,
     "label",
     "scanner",
-    "image_nifti",  # informational: a NIfTI copy of `image` (the synthetic generator writes it); not read
+    "image_nifti",  # informational: a NIfTI copy of `image` (the synthetic generator writes it)
+    "structure_labels",  # synthetic: label map (7 = intraventricular blood), same geometry as the image
+    "risk_true",  # synthetic: the growth model's expansion probability (evaluation ceiling)
+    "risk_image",  # synthetic: the same averaged over the onset-time prior (image-only ceiling)
+    "mimics",  # synthetic: haemorrhage mimics in the head, ";"-separated (informational)
 )
 # The paper: training cohort February 2012 - August 2018, test cohort September 2018 - October 2019.
 PAPER_CUTOFF = dt.date(2018, 9, 1)
@@ -52,7 +57,7 @@ class CaseRecord:
     image: Path
     mask: Path
     admission_date: dt.date
-    label: int
+    label: int | None  # None: no haematoma at baseline (an ICH-free head), so no expansion label
     label_derived: bool
     baseline_volume_ml: float | None = None
     followup_volume_ml: float | None = None
@@ -60,6 +65,15 @@ class CaseRecord:
     onset_to_ct_hours: float | None = None
     markers: dict[str, int | None] = field(default_factory=dict)
     scanner: str | None = None
+    image_nifti: Path | None = None
+    structure_labels: Path | None = None
+    risk_true: float | None = None
+    risk_image: float | None = None
+
+    @property
+    def has_haematoma(self) -> bool:
+        """False for a head without parenchymal haemorrhage (baseline volume 0)."""
+        return self.label is not None
 
     def as_row(self) -> dict[str, object]:
         """A flat dict with the manifest's column names (for the evaluation package's comparators)."""
@@ -186,7 +200,8 @@ def read_manifest(path: str | Path, *, inclusive: bool = False, check_paths: boo
         followup = _opt_float(rec.get("followup_volume_ml", ""), i, "followup_volume_ml")
         label = _opt_binary(rec.get("label", ""), i, "label")
         derived = False
-        if label is None:
+        no_haematoma = baseline is not None and baseline == 0.0 and followup is None and fu_mask is None
+        if label is None and not no_haematoma:
             if followup is None and fu_mask is not None:
                 followup = mask_volume_ml(fu_mask)
             if baseline is None and mask.exists():
@@ -216,6 +231,12 @@ def read_manifest(path: str | Path, *, inclusive: bool = False, check_paths: boo
                 onset_to_ct_hours=_opt_float(rec.get("onset_to_ct_hours", ""), i, "onset_to_ct_hours"),
                 markers=markers,
                 scanner=rec.get("scanner") or None,
+                image_nifti=_resolve(base, rec["image_nifti"], i, "image_nifti", check_paths)
+                if rec.get("image_nifti") else None,
+                structure_labels=_resolve(base, rec["structure_labels"], i, "structure_labels", check_paths)
+                if rec.get("structure_labels") else None,
+                risk_true=_opt_float(rec.get("risk_true", ""), i, "risk_true"),
+                risk_image=_opt_float(rec.get("risk_image", ""), i, "risk_image"),
             )
         )
     if not cases:

@@ -14,14 +14,18 @@ def _run(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     started = time.perf_counter()
     manifest = write_cohort(
-        args.n, args.out, args.seed, formats=formats, workers=args.workers, transfer_syntax=args.transfer_syntax
+        args.n, args.out, args.seed, formats=formats, workers=args.workers, transfer_syntax=args.transfer_syntax,
+        ich_free_fraction=args.ich_free_fraction,
     )
     elapsed = time.perf_counter() - started
     summary = json.loads((Path(args.out) / "cohort_summary.json").read_text())
     markers = ", ".join(f"{k} {v['prevalence']:.0%}" for k, v in summary["markers"].items())
     vol = summary["baseline_volume_ml"]
     print(f"wrote {summary['n_cases']} cases to {manifest} in {elapsed:.1f} s ({elapsed / args.n:.2f} s/case)")
-    print(f"expansion: {summary['expansion']['n']}/{summary['n_cases']} ({summary['expansion']['prevalence']:.0%})")
+    exp = summary["expansion"]
+    prevalence = "n/a" if exp["prevalence"] is None else f"{exp['prevalence']:.0%}"
+    print(f"heads without haemorrhage: {summary['n_ich_free']}/{summary['n_cases']}")
+    print(f"expansion: {exp['n']}/{exp['n_labelled']} haematomas ({prevalence})")
     print(f"baseline volume: median {vol['median']:.1f} mL (range {vol['min']:.1f}-{vol['max']:.1f})")
     print(f"markers: {markers}")
     return 0
@@ -34,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="cohort seed (case k is the same whatever --n)")
     p.add_argument("--formats", default="dicom,nifti", help="comma-separated: dicom, nifti (default: both)")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--ich-free-fraction", type=float, default=0.25,
+                   help="expected share of heads without parenchymal haemorrhage (default 0.25)")
     p.add_argument(
         "--transfer-syntax",
         default=None,

@@ -18,9 +18,16 @@ import numpy as np
 from model_training.labels import expansion_label
 from model_training.synthetic.anatomy import HeadParams, build_head, draw_head
 from model_training.synthetic.geometry import Grid
-from model_training.synthetic.growth import draw_baseline_volume_ml, draw_followup_ml, draw_onset_hours
-from model_training.synthetic.haematoma import render_haematoma
+from model_training.synthetic.growth import (
+    draw_baseline_volume_ml,
+    draw_followup_ml,
+    draw_onset_hours,
+    expansion_probability,
+    image_risk,
+)
+from model_training.synthetic.haematoma import paint_ivh, render_haematoma
 from model_training.synthetic.markers import draw_markers, normalise_markers
+from model_training.synthetic.mimics import atrophic, draw_mimics, paint_mimics
 from model_training.synthetic.scanners import (
     MATRIX,
     SCANNERS_BY_KEY,
@@ -35,7 +42,8 @@ from model_training.synthetic.scanners import (
 ADMISSION_RANGE = (dt.date(2012, 2, 1), dt.date(2019, 10, 31))  # the paper's recruitment period
 HU_MIN, HU_MAX = -1024, 3071
 ALLOWED_OVERRIDES = frozenset(
-    {"haematoma_volume_ml", "n_slices", "markers", "scanner", "fov_mm", "location", "onset_to_ct_hours", "noise_sd_hu"}
+    {"haematoma_volume_ml", "n_slices", "markers", "scanner", "fov_mm", "location", "onset_to_ct_hours", "noise_sd_hu",
+     "ich_free", "ivh_only", "mimics"}
 )
 
 
@@ -57,10 +65,10 @@ class SyntheticCase:
     scanner: ScannerProfile
     fov_mm: float
     markers: dict[str, int]  # seven NCCT markers + "ivh"
-    location: str
-    side: str
-    baseline_volume_ml: float  # mask voxel count x voxel volume
-    followup_volume_ml: float
+    location: str  # "none" for a head without parenchymal haemorrhage
+    side: str  # "none" for a head without parenchymal haemorrhage
+    baseline_volume_ml: float  # mask voxel count x voxel volume; 0 for a head without parenchymal haemorrhage
+    followup_volume_ml: float | None  # None without a haematoma (no expansion label)
     target_volume_ml: float
     onset_to_ct_hours: float
     admission_date: dt.date
@@ -68,6 +76,13 @@ class SyntheticCase:
     brain_centroid_lps: tuple[float, float, float]
     haematoma_centre_lps: tuple[float, float, float]
     head: HeadParams = field(repr=False)
+    mimics: tuple[str, ...] = ()  # haemorrhage mimics painted into the head (model_training.synthetic.mimics)
+    risk_true: float | None = None  # the growth model's expansion probability for this case
+    risk_image: float | None = None  # the same averaged over the onset-time prior (what the image can show)
+
+    @property
+    def has_haematoma(self) -> bool:
+        return self.baseline_volume_ml > 0
 
     @property
     def origin(self) -> tuple[float, float, float]:
@@ -79,7 +94,10 @@ class SyntheticCase:
         return f"SYN{self.index + 1:04d}"
 
     @property
-    def label(self) -> int:
+    def label(self) -> int | None:
+        """Expansion label (0/1); None for a head without parenchymal haemorrhage."""
+        if self.followup_volume_ml is None or not self.has_haematoma:
+            return None
         return int(expansion_label(self.baseline_volume_ml, self.followup_volume_ml))
 
     @property
@@ -118,18 +136,28 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int, int], sd_hu: float) 
     return out
 
 
-def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
+def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_only_fraction: float = 0.15,
+                  **overrides: Any) -> SyntheticCase:
     """Render case ``index`` of the cohort drawn with ``seed``.
 
+    ``ich_free_fraction``: probability that the case is a head without parenchymal haemorrhage (empty mask, no
+    expansion label); ``ivh_only_fraction``: the share of those with intraventricular blood only.
     Overrides (all optional): ``haematoma_volume_ml`` (target, mL), ``n_slices``, ``markers`` (dict, partial
     allowed; completed with zeros and made consistent), ``scanner`` (a key of ``SCANNERS_BY_KEY``), ``fov_mm``,
-    ``location`` ("basal_ganglia", "thalamus", "lobar"), ``onset_to_ct_hours``, ``noise_sd_hu``.
+    ``location`` ("basal_ganglia", "thalamus", "lobar"), ``onset_to_ct_hours``, ``noise_sd_hu``, ``ich_free``
+    and ``ivh_only`` (bool), ``mimics`` (bool: paint haemorrhage mimics, default True).
     """
     unknown = set(overrides) - ALLOWED_OVERRIDES
     if unknown:
         raise TypeError(f"unknown override(s): {sorted(unknown)}")
-    streams = [np.random.default_rng(s) for s in case_seed_sequence(seed, index).spawn(6)]
-    r_clin, r_scan, r_anat, r_haem, r_noise, r_growth = streams
+    if not 0.0 <= ich_free_fraction <= 1.0 or not 0.0 <= ivh_only_fraction <= 1.0:
+        raise ValueError("ich_free_fraction and ivh_only_fraction must be within 0-1")
+    streams = [np.random.default_rng(s) for s in case_seed_sequence(seed, index).spawn(7)]
+    r_clin, r_scan, r_anat, r_haem, r_noise, r_growth, r_mimic = streams
+    u_free, u_ivh = r_mimic.random(2)
+    ich_free = bool(overrides.get("ich_free", u_free < ich_free_fraction))
+    ivh_only = ich_free and bool(overrides.get("ivh_only", u_ivh < ivh_only_fraction))
+    mimic_set = draw_mimics(r_mimic, enabled=bool(overrides.get("mimics", True)))
 
     # clinical variables (drawn in a fixed order, then overridden)
     markers = draw_markers(r_clin)
@@ -164,6 +192,8 @@ def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
     if fov < needed:  # the head must fit in the field of view
         head = _scaled_head(head, (fov - 8.0) / (needed - 8.0))
     head = dataclasses.replace(head, centre=(float(offset_xy[0]), float(offset_xy[1]), centre_z))
+    if mimic_set.present.get("atrophy"):
+        head = atrophic(head, r_mimic)
 
     ps = pixel_spacing_mm(fov)
     dz = SLICE_THICKNESS_MM
@@ -172,7 +202,17 @@ def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
     grid = Grid((n_slices, MATRIX, MATRIX), (dz, ps, ps), origin)
 
     phantom = build_head(head, grid)
-    haem = render_haematoma(r_haem, grid, head, phantom, target_ml, markers, overrides.get("location"))
+    paint_mimics(r_mimic, grid, head, phantom, mimic_set)
+    if ich_free:
+        labels = np.zeros(grid.shape, dtype=np.uint8)
+        if ivh_only:
+            paint_ivh(r_haem, grid, phantom, labels, 1.0 if r_haem.random() < 0.5 else -1.0)
+        mask = np.zeros(grid.shape, dtype=np.uint8)
+        markers = {k: 0 for k in markers} | {"ivh": int(ivh_only)}
+        location, side, centre_lps = "none", "none", (float("nan"),) * 3
+    else:
+        haem = render_haematoma(r_haem, grid, head, phantom, target_ml, markers, overrides.get("location"))
+        mask, labels, location, side, centre_lps = haem.mask, haem.labels, haem.location, haem.side, haem.centre_lps
     sd = float(overrides.get("noise_sd_hu", r_noise.uniform(4.0, 5.0)))
     hu = phantom.hu
     hu += _noise(r_noise, grid.shape, sd)
@@ -180,21 +220,23 @@ def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
     hu_i16 = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
 
     voxel_ml = dz * ps * ps / 1000.0
-    baseline_ml = round(float(haem.mask.sum()) * voxel_ml, 4)
-    followup_ml = draw_followup_ml(r_growth, markers, baseline_ml, onset)
+    baseline_ml = round(float(mask.sum()) * voxel_ml, 4)
+    followup_ml = draw_followup_ml(r_growth, markers, baseline_ml, onset) if baseline_ml > 0 else None
+    risk_true = expansion_probability(markers, baseline_ml, onset) if baseline_ml > 0 else None
+    risk_image = image_risk(markers, baseline_ml) if baseline_ml > 0 else None
     return SyntheticCase(
         seed=seed,
         index=index,
         hu=hu_i16,
-        mask=haem.mask,
-        structure_labels=haem.labels,
+        mask=mask,
+        structure_labels=labels,
         spacing_zyx=(dz, ps, ps),
         origin_xyz=origin,
         scanner=scanner,
         fov_mm=fov,
         markers=markers,
-        location=haem.location,
-        side=haem.side,
+        location=location,
+        side=side,
         baseline_volume_ml=baseline_ml,
         followup_volume_ml=followup_ml,
         target_volume_ml=target_ml,
@@ -202,6 +244,9 @@ def generate_case(seed: int, index: int, **overrides: Any) -> SyntheticCase:
         admission_date=admission,
         acquisition_time=acq_time,
         brain_centroid_lps=phantom.brain_centroid,
-        haematoma_centre_lps=haem.centre_lps,
+        haematoma_centre_lps=centre_lps,
         head=head,
+        mimics=tuple(mimic_set.names()),
+        risk_true=None if risk_true is None else round(risk_true, 6),
+        risk_image=None if risk_image is None else round(risk_image, 6),
     )

@@ -8,6 +8,10 @@ Layout (paths in the manifest are relative to its folder)::
     OUT/cases/SYN0001/dicom/IM0001.dcm ...
     OUT/cases/SYN0001/image.nii.gz
     OUT/cases/SYN0001/mask.nii.gz
+    OUT/cases/SYN0001/labels.nii.gz      (structure labels: intraventricular blood, marker regions)
+
+Heads without parenchymal haemorrhage (``ich_free_fraction`` of the cohort) have an empty mask, baseline volume 0
+and no expansion label (empty ``label``, ``followup_volume_ml``, ``risk_true`` and ``risk_image``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from model_training.ncct_markers import MARKER_FLAGS
 from model_training.synthetic.case import generate_case
 from model_training.synthetic.dicom_writer import write_dicom_series
 from model_training.synthetic.markers import FLAG_NAMES
-from model_training.synthetic.nifti_writer import write_nifti
+from model_training.synthetic.nifti_writer import write_nifti, write_structure_labels
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "case_id",
@@ -40,14 +44,19 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "label",
     "scanner",
 )
-SYNTHETIC_EXTRA_COLUMNS: tuple[str, ...] = ("image_nifti",)
+SYNTHETIC_EXTRA_COLUMNS: tuple[str, ...] = ("image_nifti", "structure_labels", "risk_true", "risk_image", "mimics")
+DEFAULT_ICH_FREE_FRACTION = 0.25
 FORMATS = ("dicom", "nifti")
 
 
-def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None]) -> dict[str, Any]:
-    seed, index, out_dir, formats, transfer_syntax = args
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float]) -> dict[str, Any]:
+    seed, index, out_dir, formats, transfer_syntax, ich_free_fraction = args
     out = Path(out_dir)
-    case = generate_case(seed, index)
+    case = generate_case(seed, index, ich_free_fraction=ich_free_fraction)
     case_dir = out / "cases" / case.case_id
     row: dict[str, Any] = {"case_id": case.case_id}
     if "dicom" in formats:
@@ -60,15 +69,19 @@ def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None]) -> dict[
     row["image"] = rel(case_dir / "dicom") if "dicom" in formats else rel(image_path)
     row["image_nifti"] = rel(image_path) if image_path is not None else ""
     row["mask"] = rel(mask_path)
-    row["followup_volume_ml"] = f"{case.followup_volume_ml:.3f}"
+    row["structure_labels"] = rel(write_structure_labels(case, case_dir))
+    row["followup_volume_ml"] = _fmt(case.followup_volume_ml, 3)
     row["followup_mask"] = ""
     row["baseline_volume_ml"] = f"{case.baseline_volume_ml:.3f}"
     row["admission_date"] = case.admission_date.isoformat()
     row["onset_to_ct_hours"] = f"{case.onset_to_ct_hours:.2f}"
     for name in FLAG_NAMES:
         row[name] = int(case.markers[name])
-    row["label"] = case.label
+    row["label"] = "" if case.label is None else case.label
     row["scanner"] = case.scanner.model_name
+    row["risk_true"] = _fmt(case.risk_true, 6)
+    row["risk_image"] = _fmt(case.risk_image, 6)
+    row["mimics"] = ";".join(case.mimics)
     # not written to the manifest, used for the summary
     row["_location"] = case.location
     return row
@@ -76,26 +89,28 @@ def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None]) -> dict[
 
 def _summary(rows: Sequence[dict[str, Any]], seed: int, formats: Iterable[str]) -> dict[str, Any]:
     n = len(rows)
-    base = np.array([float(r["baseline_volume_ml"]) for r in rows]) if n else np.zeros(0)
+    base = np.array([float(r["baseline_volume_ml"]) for r in rows if r["label"] != ""])
     onset = np.array([float(r["onset_to_ct_hours"]) for r in rows]) if n else np.zeros(0)
 
     def count(key: str, value: Any = 1) -> int:
         return sum(1 for r in rows if r[key] == value)
 
+    n_ich = sum(1 for r in rows if r["label"] != "")
     return {
         "n_cases": n,
+        "n_ich_free": n - n_ich,
         "seed": seed,
         "formats": list(formats),
-        "expansion": {"n": count("label"), "prevalence": count("label") / n if n else None},
+        "expansion": {"n": count("label"), "n_labelled": n_ich, "prevalence": count("label") / n_ich if n_ich else None},
         "markers": {
             name: {"n": count(name), "prevalence": count(name) / n if n else None} for name in FLAG_NAMES
         },
         "baseline_volume_ml": {
-            "mean": float(base.mean()) if n else None,
-            "sd": float(base.std(ddof=1)) if n > 1 else None,
-            "median": float(np.median(base)) if n else None,
-            "min": float(base.min()) if n else None,
-            "max": float(base.max()) if n else None,
+            "mean": float(base.mean()) if base.size else None,
+            "sd": float(base.std(ddof=1)) if base.size > 1 else None,
+            "median": float(np.median(base)) if base.size else None,
+            "min": float(base.min()) if base.size else None,
+            "max": float(base.max()) if base.size else None,
         },
         "onset_to_ct_hours": {"mean": float(onset.mean()) if n else None},
         "scanners": {s: count("scanner", s) for s in sorted({r["scanner"] for r in rows})},
@@ -113,9 +128,11 @@ def write_cohort(
     formats: Sequence[str] = FORMATS,
     workers: int = 1,
     transfer_syntax: str | None = None,
+    ich_free_fraction: float = DEFAULT_ICH_FREE_FRACTION,
 ) -> Path:
     """Generate cases 0..n-1 of cohort ``seed`` into ``out_dir``; return the manifest path.
 
+    ``ich_free_fraction``: expected share of heads without parenchymal haemorrhage.
     ``formats``: any of "dicom" (the manifest's ``image`` is the DICOM folder) and "nifti" (``image_nifti``; also
     ``image`` when DICOM is not written). The NIfTI mask is always written. ``workers`` > 1 uses processes;
     the output does not depend on it.
@@ -127,7 +144,7 @@ def write_cohort(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, str(out), formats, transfer_syntax) for i in range(n)]
+    jobs = [(seed, i, str(out), formats, transfer_syntax, ich_free_fraction) for i in range(n)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_write_one, jobs))

@@ -67,6 +67,17 @@ def expansion_probability(markers: dict[str, int], baseline_ml: float, onset_hou
     return 1.0 / (1.0 + math.exp(-eta))
 
 
+def image_risk(markers: dict[str, int], baseline_ml: float, n_quantiles: int = 64) -> float:
+    """The expansion probability averaged over the onset-time prior (the onset time is not on the image): the
+    best any image-only model can do for this case. Midpoint quadrature over ``n_quantiles`` prior quantiles."""
+    from scipy.stats import beta
+
+    lo, hi = ONSET_RANGE_H
+    q = (np.arange(n_quantiles) + 0.5) / n_quantiles
+    hours = lo + (hi - lo) * beta.ppf(q, 1.6, 2.6)
+    return float(np.mean([expansion_probability(markers, baseline_ml, float(t)) for t in hours]))
+
+
 def draw_followup_ml(
     rng: np.random.Generator, markers: dict[str, int], baseline_ml: float, onset_hours: float
 ) -> float:

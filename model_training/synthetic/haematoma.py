@@ -232,15 +232,15 @@ def render_haematoma(
     labels[sub] = labels_box
 
     if markers["ivh"]:
-        _paint_ivh(rng, grid, phantom, labels, centre, sign, rot_head)
+        paint_ivh(rng, grid, phantom, labels, sign)
 
     side = "left" if sign > 0 else "right"
     centre_lps = (float(centre[0]), float(centre[1]), float(centre[2]))
     return HaematomaResult(mask, labels, location, side, centre_lps, rho)
 
 
-def _paint_ivh(rng, grid: Grid, phantom: HeadPhantom, labels: np.ndarray, centre, sign: float, rot_head) -> None:
-    """Blood layering in the posterior (dependent) part of the lateral ventricle(s)."""
+def paint_ivh(rng, grid: Grid, phantom: HeadPhantom, labels: np.ndarray, sign: float) -> None:
+    """Blood layering in the posterior (dependent) part of the lateral ventricle(s); ``sign`` +1 = the left side."""
     vent = phantom.ventricles
     zs = np.flatnonzero(vent.any(axis=(1, 2)))
     ys = np.flatnonzero(vent.any(axis=(0, 2)))

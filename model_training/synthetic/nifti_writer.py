@@ -21,6 +21,15 @@ def case_image(case: SyntheticCase, array: np.ndarray | None = None) -> sitk.Ima
     return img
 
 
+def write_structure_labels(case: SyntheticCase, out_dir: str | Path) -> Path:
+    """Write ``labels.nii.gz`` (uint8, model_training.synthetic.haematoma.STRUCTURE_LABELS: 7 = intraventricular
+    blood) into ``out_dir``; return its path."""
+    path = Path(out_dir) / "labels.nii.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(case_image(case, case.structure_labels), str(path), useCompression=True, compressionLevel=1)
+    return path
+
+
 def write_nifti(case: SyntheticCase, out_dir: str | Path, *, image: bool = True) -> tuple[Path | None, Path]:
     """Write ``image.nii.gz`` (HU, int16; skipped when ``image`` is False) and ``mask.nii.gz`` (uint8) into
     ``out_dir``; return their paths."""

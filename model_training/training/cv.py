@@ -27,9 +27,10 @@ from model_training.training.trainer import TrainOptions, fit, predict_cached
 def stratified_holdout(
     cases: Sequence[CaseRecord], fraction: float, seed: int
 ) -> tuple[list[CaseRecord], list[CaseRecord]]:
-    """(train, validation) with ``fraction`` of the cases held out, stratified by label; no split when 0."""
+    """(train, validation) with ``fraction`` of the cases held out, stratified by label (heads without a
+    haematoma, which have no label, form their own stratum); no split when 0."""
     cases = list(cases)
-    labels = [c.label for c in cases]
+    labels = [-1 if c.label is None else c.label for c in cases]
     n_val = int(round(fraction * len(cases)))
     if fraction <= 0 or n_val < 2 or min(labels.count(0), labels.count(1)) < 2:
         return cases, []

@@ -1,11 +1,15 @@
-"""Evaluate a training run: predict the training and test cases, fix the CNN threshold on the training
-predictions (Youden's J), and build the paper's Table 2 with the evaluation package.
+"""Evaluate a training run: fix the CNN threshold on the development predictions (Youden's J), then predict the
+test cases through the serving path and build the paper's Table 2 and the serving-path report from them.
 
-Segmentation Dice is computed on the model grid (the cached mask resampled to the plans' grid with
-nearest-neighbour, the prediction thresholded at ``plans.mask_threshold``). Writes into ``out_dir``:
-``predictions.csv`` (case id, split, label, probability, Dice: no other identifiers), ``table2.md``,
-``table2.json``, ``roc.png`` and ``evaluation.json`` (the metrics and the threshold ``register`` consumes); a copy
-of ``evaluation.json`` is also written into the run directory.
+Development (training + validation) cases are predicted with the fast cached path
+(:func:`model_training.training.trainer.predict_cached`, model grid; tests/test_evaluation_serving_path.py shows
+it equals the serving path), only to fix the threshold. Test cases go through
+:func:`model_training.evaluation.serving_path.predict_cases`: ingestion as the service does it,
+:class:`app.inference.Predictor` with the run's model and that threshold, Dice on the original (analysis) grid.
+Writes into ``out_dir``: ``predictions.csv`` (case id, split, label, raw probability, Dice: no other
+identifiers), ``table2.md``, ``table2.json``, ``roc.png``, the serving-path report (``serving_report.json`` /
+``.md``, ``cases.csv``, ``reliability.png``, ``bland_altman.png``) and ``evaluation.json`` (the metrics and the
+threshold ``register`` consumes); a copy of ``evaluation.json`` is also written into the run directory.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from safetensors.torch import load_file
 from app.model.config import ModelConfig
 from app.model.unet import DualOutputUNet3D
 from app.preprocessing.plans import Plans
+from app.weights.registry import LoadedWeights, sha256_file
 from model_training.cohort.cache import build_cache, cache_path
 from model_training.cohort.manifest import CaseRecord, fill_baseline_volumes, read_manifest
+from model_training.evaluation.serialization import json_safe
+from model_training.evaluation.serving_path import ImageColumn
 from model_training.training.distributed import resolve_device
 from model_training.training.trainer import predict_cached
 
@@ -44,13 +51,24 @@ def _ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _rows(cases: list[CaseRecord], preds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for c, p in zip(cases, preds, strict=True):
-        row = c.as_row()
-        row.update({"cnn_probability": p["probability"], "dice": p["dice"]})
-        rows.append(row)
-    return rows
+def _table2_row(case: CaseRecord, probability: float, dice: float | None) -> dict[str, Any]:
+    row = case.as_row()
+    row.update({"cnn_probability": probability, "dice": dice})
+    return row
+
+
+def run_weights(model: DualOutputUNet3D, plans: Plans, config: dict[str, Any], run_dir: Path,
+                threshold: float) -> LoadedWeights:
+    """The run's final model as :class:`~app.weights.registry.LoadedWeights` (as ``register`` would store it,
+    without a post-processing block, so the documented defaults apply), for :class:`app.inference.Predictor`."""
+    return LoadedWeights(model=model, plans=plans, config=ModelConfig.model_validate(config["model_config"]),
+                         manifest={}, name=f"run:{Path(run_dir).name}", version="unregistered",
+                         weights_sha256=sha256_file(Path(run_dir) / "model.safetensors"), path=Path(run_dir),
+                         threshold=float(threshold))
+
+
+def _sd(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def evaluate_run(
@@ -64,16 +82,22 @@ def evaluate_run(
     inclusive: bool = False,
     progress: bool = True,
     ci_method: str = "wilson_cc",
+    image_column: ImageColumn = "image",
 ) -> dict[str, Any]:
     """Evaluate ``run_dir`` on the train/test split recorded in the run (see the module docstring).
 
     ``ci_method`` is the interval for sensitivity and specificity: ``wilson_cc`` (default; Wilson with continuity
     correction, R's ``prop.test``, which reproduces the paper's Table 2 intervals), ``wilson`` or ``exact``
-    (Clopper-Pearson).
+    (Clopper-Pearson). ``image_column="image_nifti"`` predicts the test cases' NIfTI copies where present.
+    Heads without a haematoma (no expansion label) are left out of the threshold and of Table 2; the serving-path
+    report counts them for detection.
     """
+    from app.inference import Predictor
     from model_training.evaluation.binary_metrics import youden_threshold
     from model_training.evaluation.delong import auc_ci
     from model_training.evaluation.report import build_table2
+    from model_training.evaluation.serving_path import evaluation_case, predict_cases
+    from model_training.evaluation.serving_report import write_serving_report
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     device = resolve_device(device)
@@ -92,34 +116,44 @@ def evaluate_run(
     if not test:
         raise ValueError("the run has no test cases (all admissions are before the cut-off?)")
     t0 = time.perf_counter()
-    build_cache(train + test, plans, cache_dir, preprocess_workers, progress)
+    build_cache(train, plans, cache_dir, preprocess_workers, progress)
     amp = bool(config["preset"]["schedule"].get("amp", False))
-
-    def predict(cases: list[CaseRecord]) -> list[dict[str, Any]]:
-        return predict_cached(model, [cache_path(cache_dir, c, plans) for c in cases], [c.case_id for c in cases],
-                              [c.label for c in cases], plans.mask_threshold, device, amp)
-
-    pred_train, pred_test = predict(train), predict(test)
-    y_train = np.array([p["label"] for p in pred_train])
-    s_train = np.array([p["probability"] for p in pred_train])
-    youden = youden_threshold(y_train, s_train)
+    pred_train = predict_cached(model, [cache_path(cache_dir, c, plans) for c in train], [c.case_id for c in train],
+                                [c.label for c in train], plans.mask_threshold, device, amp)
+    labelled_train = [(c, p) for c, p in zip(train, pred_train, strict=True) if c.label is not None]
+    youden = youden_threshold(np.array([c.label for c, _ in labelled_train]),
+                              np.array([p["probability"] for _, p in labelled_train]))
     threshold = youden.threshold
+
+    predictor = Predictor(run_weights(model, plans, config, run_dir, threshold), device,
+                          amp="auto" if amp else "off")
+    rows = predict_cases(predictor, [evaluation_case(c, image_column) for c in test], progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = build_table2(_rows(train, pred_train), _rows(test, pred_test), out_dir,
-                         dice=[p["dice"] for p in pred_test], cnn_threshold=threshold,
-                         ci_method=ci_method)
+    serving = write_serving_report(rows, out_dir, {"model": {"name": f"training run {run_dir.name}", "version": "",
+                                                             "threshold": threshold, "run": str(run_dir.resolve())}},
+                                   ci_method=ci_method)
+    # Table 2 needs a probability: a refused case (no result for the client) is counted in the serving report
+    labelled_test = [(c, r) for c, r in zip(test, rows, strict=True)
+                     if c.label is not None and r.get("refusal") is None]
+    table = build_table2([_table2_row(c, p["probability"], None) for c, p in labelled_train],
+                         [_table2_row(c, r["raw_probability"], r.get("dice")) for c, r in labelled_test],
+                         out_dir, dice={c.case_id: r["dice"] for c, r in labelled_test if r.get("dice") is not None},
+                         cnn_threshold=threshold, ci_method=ci_method)
     with open(out_dir / "predictions.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["case_id", "split", "label", "probability", "dice"])
         w.writeheader()
-        for name, preds in (("train", pred_train), ("test", pred_test)):
-            for p in preds:
-                w.writerow({"case_id": p["case_id"], "split": name, "label": p["label"],
-                            "probability": f"{p['probability']:.6f}", "dice": f"{p['dice']:.6f}"})
+        for p in pred_train:
+            w.writerow({"case_id": p["case_id"], "split": "train", "label": p["label"],
+                        "probability": f"{p['probability']:.6f}", "dice": f"{p['dice']:.6f}"})
+        for r in rows:
+            w.writerow({"case_id": r["case_id"], "split": "test", "label": r["label"],
+                        "probability": f"{r['raw_probability']:.6f}" if r.get("raw_probability") is not None else "",
+                        "dice": "" if r.get("dice") is None else f"{r['dice']:.6f}"})
 
-    y_test = np.array([p["label"] for p in pred_test])
-    s_test = np.array([p["probability"] for p in pred_test])
-    dice_test = np.array([p["dice"] for p in pred_test])
-    dice_train = np.array([p["dice"] for p in pred_train])
+    y_test = np.array([c.label for c, _ in labelled_test])
+    s_test = np.array([r["raw_probability"] for _, r in labelled_test])
+    dice_test = [r["dice"] for r in rows if r.get("dice") is not None]
+    dice_train = [p["dice"] for c, p in zip(train, pred_train, strict=True) if c.label is not None]
     auc = auc_ci(y_test, s_test) if len(set(y_test.tolist())) == 2 else None
     cnn_row = next(r for r in table["rows"] if r["key"] == "cnn")
     result = {
@@ -130,22 +164,25 @@ def evaluate_run(
         "threshold": threshold,
         "threshold_source": "Youden's J on the training (development) predictions",
         "youden": {"j": youden.youden_j, "sensitivity": youden.sensitivity, "specificity": youden.specificity},
-        "n": {"train": len(train), "test": len(test), "test_positive": int(y_test.sum())},
+        "n": {"train": len(train), "test": len(test), "test_positive": int(y_test.sum()),
+              "test_refused": sum(r.get("refusal") is not None for r in rows)},
         "test": {
-            "dice_mean": float(dice_test.mean()),
-            "dice_sd": float(dice_test.std(ddof=1)) if dice_test.size > 1 else 0.0,
+            "dice_mean": float(np.mean(dice_test)) if dice_test else None,
+            "dice_sd": _sd(dice_test),
             "auc": None if auc is None else auc.auc,
             "auc_ci95": None if auc is None else [auc.lower, auc.upper],
             "cnn_row": cnn_row,
+            "serving": {k: serving[k] for k in ("detection", "segmentation", "volume", "ivh_in_mask", "expansion")},
         },
-        "train": {"dice_mean": float(dice_train.mean()),
-                  "dice_sd": float(dice_train.std(ddof=1)) if dice_train.size > 1 else 0.0},
-        "dice_grid": "model grid (plans.matrix_zyx)",
+        "train": {"dice_mean": float(np.mean(dice_train)) if dice_train else None, "dice_sd": _sd(dice_train)},
+        "dice_grid": "original grid (serving path)",
+        "train_dice_grid": "model grid (plans.matrix_zyx, cached fast path)",
         "table2": {"markdown": "table2.md", "json": "table2.json", "roc": "roc.png"},
+        "serving_report": {"json": "serving_report.json", "markdown": "serving_report.md"},
         "report_dir": str(out_dir.resolve()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    text = json.dumps(result, indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n"
     (out_dir / "evaluation.json").write_text(text)
     (run_dir / "evaluation.json").write_text(text)
     return result

@@ -32,6 +32,20 @@ class LossParts:
     total: torch.Tensor
     dice: torch.Tensor
     bce: torch.Tensor
+    aux: torch.Tensor | None = None
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
+    """Mean binary cross-entropy over the entries whose target is 0 or 1; entries < 0 (unknown: a head without
+    a haematoma has no expansion label, a real cohort may lack a marker) are left out. 0 when none is known."""
+    x = logits.float().reshape(-1)
+    t = target.float().reshape(-1)
+    known = t >= 0
+    weight = known.float()
+    if pos_weight is not None:
+        weight = weight * torch.where(t > 0.5, torch.full_like(t, float(pos_weight)), torch.ones_like(t))
+    per = F.binary_cross_entropy_with_logits(x, t.clamp(0, 1), reduction="none")
+    return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def dual_loss(
@@ -41,11 +55,23 @@ def dual_loss(
     label: torch.Tensor,
     seg_weight: float = 0.9,
     cls_weight: float = 0.1,
+    *,
+    pos_weight: float | None = None,
+    aux_logits: torch.Tensor | None = None,
+    aux_target: torch.Tensor | None = None,
+    aux_weight: float = 0.0,
 ) -> LossParts:
-    """``seg_weight`` x Dice loss(mask) + ``cls_weight`` x BCE(expansion label). ``label`` has shape (N,) or (N, 1)."""
+    """``seg_weight`` x Dice loss(mask) + ``cls_weight`` x BCE(expansion label) [+ ``aux_weight`` x BCE of the
+    auxiliary outputs]. ``label`` has shape (N,) or (N, 1); a label < 0 (unknown) adds no classification loss.
+    ``pos_weight`` weighs the positive class (class balance)."""
     dice = soft_dice_loss(seg_logits, mask)
-    bce = F.binary_cross_entropy_with_logits(cls_logits.float().reshape(-1), label.float().reshape(-1))
-    return LossParts(total=seg_weight * dice + cls_weight * bce, dice=dice, bce=bce)
+    bce = masked_bce(cls_logits, label, pos_weight)
+    total = seg_weight * dice + cls_weight * bce
+    aux = None
+    if aux_logits is not None and aux_target is not None and aux_weight > 0:
+        aux = masked_bce(aux_logits, aux_target)
+        total = total + aux_weight * aux
+    return LossParts(total=total, dice=dice, bce=bce, aux=aux)
 
 
 def hard_dice(pred: np.ndarray, target: np.ndarray, empty: float = 1.0) -> float:

@@ -9,7 +9,7 @@ that a 2-core CPU can train them; their plans differ and are therefore recorded 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +31,10 @@ class Schedule(BaseModel):
     include_original: bool = True  # one of the aug_copies passes uses the un-augmented case
     seg_weight: float = 0.9  # loss = seg_weight * Dice loss + cls_weight * BCE(classification)
     cls_weight: float = 0.1
+    # positive-class weight of the classification BCE: None = unweighted (the paper), "balanced" = the training
+    # set's negatives / positives
+    cls_pos_weight: float | Literal["balanced"] | None = None
+    aux_weight: float = 0.0  # weight of the auxiliary BCE (the NCCT markers + intraventricular extension)
     weight_decay: float = 0.0
     amp: bool = True  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler); ignored on CPU
     channels_last_3d: bool = False
@@ -57,6 +61,10 @@ class Preset(BaseModel):
 CPU96_PLANS_OVERRIDES: dict[str, Any] = {"name": "zhong2021-cpu96", "matrix_zyx": (32, 96, 96)}
 CPU96_MODEL = ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_widths=(32, 16), cls_width=64)
 
+# The default weights from version 0.2.0: the CPU grid and widths, the classification features pooled over the
+# predicted haematoma, and auxiliary NCCT-marker outputs.
+CPU96_REGION_MODEL = CPU96_MODEL.model_copy(update={"cls_pooling": "haematoma", "aux_outputs": 8, "dropout": 0.1})
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -81,6 +89,20 @@ PRESETS: dict[str, Preset] = {
         plans_overrides=CPU96_PLANS_OVERRIDES,
         model=CPU96_MODEL,
         schedule=Schedule(epochs=2, lr=3e-4, milestones=(1,), aug_copies=1, include_original=False,
+                          val_fraction=0.1),
+    ),
+    "cpu-region-pooling": Preset(
+        name="cpu-region-pooling",
+        description="CPU grid 32x96x96 and halved widths as cpu-default; the classification convolutions pooled "
+        "over the predicted haematoma (weighted mean and max beside the global mean, plus the log predicted "
+        "volume) with auxiliary outputs for the seven NCCT markers and intraventricular extension; loss "
+        "1.0 x Dice + 0.5 x class-balanced BCE (expansion) + 0.5 x BCE (markers), heads without haemorrhage in "
+        "the cohort (no expansion label: segmentation loss only); started from the cpu-default weights "
+        "(--init-weights), 6 epochs, every pass randomly augmented, Adam lr 3e-4 divided by 10 for the last two.",
+        plans_overrides=CPU96_PLANS_OVERRIDES,
+        model=CPU96_REGION_MODEL,
+        schedule=Schedule(epochs=6, lr=3e-4, milestones=(4,), aug_copies=1, include_original=False,
+                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
                           val_fraction=0.1),
     ),
     "smoke": Preset(

@@ -112,13 +112,16 @@ def seed_everything(seed: int, deterministic_cpu: bool = True) -> None:
 class CachedCaseDataset(Dataset):
     """Cached cases x ``aug_copies``; every item carries its augmentation ``theta`` (applied on the device).
 
-    Items: ``image`` float32 (1, D, H, W), ``mask`` float32 (1, D, H, W), ``label`` float32 scalar,
+    Items: ``image`` float32 (1, D, H, W), ``mask`` float32 (1, D, H, W), ``label`` float32 scalar (-1: no
+    expansion label, a head without haematoma), ``aux`` float32 (n_aux,) auxiliary targets (-1 unknown),
     ``theta`` float32 (3, 4), ``augmented`` bool, ``index`` int (case index).
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], plans: Plans, aug: AugmentationPlan | None):
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int | None], plans: Plans,
+                 aug: AugmentationPlan | None, aux: Sequence[Sequence[float]] | None = None):
         self.paths = [Path(p) for p in paths]
-        self.labels = [int(v) for v in labels]
+        self.labels = [-1 if v is None else int(v) for v in labels]
+        self.aux = [list(a) for a in aux] if aux is not None else [[] for _ in self.paths]
         self.fov = tuple(float(f) for f in plans.fov_mm_zyx)
         self.aug = aug
         self.epoch = 0
@@ -144,6 +147,7 @@ class CachedCaseDataset(Dataset):
             "image": image,
             "mask": mask,
             "label": torch.tensor(float(self.labels[case])),
+            "aux": torch.tensor(self.aux[case], dtype=torch.float32),
             "theta": theta,
             "augmented": torch.tensor(augmented),
             "index": case,
@@ -181,7 +185,7 @@ def predict_cached(
         prob = float(torch.sigmoid(cls.float()).reshape(-1)[0].cpu())
         out.append({
             "case_id": cid,
-            "label": int(y),
+            "label": None if y is None else int(y),
             "probability": prob,
             "dice": hard_dice(prob_map >= threshold, mask),
             "predicted_voxels": int((prob_map >= threshold).sum()),
@@ -190,7 +194,9 @@ def predict_cached(
     return out
 
 
-def _auc_or_none(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+def _auc_or_none(labels: Sequence[int | None], scores: Sequence[float]) -> float | None:
+    pairs = [(y, s) for y, s in zip(labels, scores, strict=True) if y is not None]
+    labels, scores = [y for y, _ in pairs], [s for _, s in pairs]
     if len(set(labels)) < 2:
         return None
     from sklearn.metrics import roc_auc_score
@@ -216,6 +222,47 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def aux_targets(case: CaseRecord, n_aux: int) -> list[float]:
+    """Auxiliary targets of a case: the NCCT markers and intraventricular extension (MARKER_FLAGS order) of a
+    case with a haematoma, -1 where unknown (a head without haematoma, or a marker the manifest leaves empty)."""
+    from model_training.ncct_markers import MARKER_FLAGS
+
+    if n_aux == 0:
+        return []
+    if n_aux != len(MARKER_FLAGS):
+        raise ValueError(f"aux_outputs must be 0 or {len(MARKER_FLAGS)} (the markers {', '.join(MARKER_FLAGS)})")
+    if not case.has_haematoma:
+        return [-1.0] * n_aux
+    return [-1.0 if case.markers.get(m) is None else float(case.markers[m]) for m in MARKER_FLAGS]
+
+
+def class_pos_weight(setting: float | str | None, labels: Sequence[int | None]) -> float | None:
+    """The positive-class weight of the classification loss: ``"balanced"`` = negatives / positives of the
+    labelled training cases."""
+    if setting != "balanced":
+        return None if setting is None else float(setting)
+    known = [y for y in labels if y is not None]
+    pos = sum(known)
+    return float((len(known) - pos) / pos) if pos else None
+
+
+def load_init_weights(model: DualOutputUNet3D, path: Path) -> list[str]:
+    """Start from ``path`` (safetensors): every tensor whose name and shape match is copied; the names of the
+    model's tensors left at their initialisation (a changed classification head) are returned and logged."""
+    from safetensors.torch import load_file
+
+    source = load_file(str(path))
+    own = model.state_dict()
+    taken = {k: v for k, v in source.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not taken:
+        raise ValueError(f"{path}: no tensor matches the architecture of the preset")
+    model.load_state_dict(taken, strict=False)
+    fresh = sorted(set(own) - set(taken))
+    if fresh:
+        log.info("initialised from %s; new (not loaded): %s", path, ", ".join(fresh))
+    return fresh
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -325,7 +372,9 @@ def _fit(
 
     train_paths = [cache_path(options.cache_dir, c, plans) for c in train_cases]
     aug = AugmentationPlan(aug_copies=sched.aug_copies, include_original=sched.include_original, seed=options.seed)
-    dataset = CachedCaseDataset(train_paths, [c.label for c in train_cases], plans, aug)
+    aux = [aux_targets(c, preset.model.aux_outputs) for c in train_cases]
+    dataset = CachedCaseDataset(train_paths, [c.label for c in train_cases], plans, aug, aux)
+    pos_weight = class_pos_weight(sched.cls_pos_weight, [c.label for c in train_cases])
     sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=options.seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=sched.batch_size, sampler=sampler, num_workers=options.loader_workers,
@@ -333,9 +382,7 @@ def _fit(
 
     model = DualOutputUNet3D(preset.model)
     if options.init_weights is not None and resume_from is None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(options.init_weights)), strict=True)
+        load_init_weights(model, options.init_weights)
     model = model.to(device)
     if sched.channels_last_3d:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -385,8 +432,9 @@ def _fit(
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             ctx, _ = _autocast(device, sched.amp)
             with ctx:
-                seg, cls = net(x)
-            parts = dual_loss(seg, cls, m, y, sched.seg_weight, sched.cls_weight)
+                seg, cls, aux_logits = net(x, with_aux=True)
+            parts = dual_loss(seg, cls, m, y, sched.seg_weight, sched.cls_weight, pos_weight=pos_weight,
+                              aux_logits=aux_logits, aux_target=batch["aux"].to(device), aux_weight=sched.aux_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts.total).backward()
             scaler.step(optimizer)

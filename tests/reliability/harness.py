@@ -135,8 +135,9 @@ def check_answer(r: httpx.Response, *, allow_503: bool = False) -> str:
     if r.status_code == 200:
         body = r.json()
         assert RESULT_KEYS <= body.keys(), body
-        p = body["expansion"]["probability"]
-        assert 0.0 <= p <= 1.0 and body["haematoma"]["volume_ml"] >= 0.0
+        p, raw = body["expansion"]["probability"], body["expansion"]["raw_probability"]
+        assert 0.0 <= raw <= 1.0 and body["haematoma"]["volume_ml"] >= 0.0
+        assert (p is not None and 0.0 <= p <= 1.0) if body["haematoma"]["detected"] else p is None
         return "200"
     assert r.status_code < 500 or (allow_503 and r.status_code == 503), f"{r.status_code}: {r.text[:2000]}"
     assert r.headers.get("content-type", "").startswith("application/problem+json"), r.text[:500]

@@ -176,5 +176,6 @@ def test_upload_order_does_not_matter(server: FaultServer, tmp_path: Path) -> No
     """The same series posted in acquisition order and reversed gives the identical probability and volume."""
     paths = series(tmp_path, shuffle_names=False)
     a, b = _post(server, paths, {}).json(), _post(server, paths[::-1], {}).json()
+    assert a["expansion"]["raw_probability"] == b["expansion"]["raw_probability"]
     assert a["expansion"]["probability"] == b["expansion"]["probability"]
     assert a["haematoma"] == b["haematoma"]
