@@ -25,6 +25,8 @@ import SimpleITK as sitk
 import torch
 
 from app.ingestion.types import IngestedSeries
+from app.model.compiler import CompileMode
+from app.model.device import PrecisionMode, resolve_device
 from app.model.postprocessing import (
     NOT_DETECTED_REASON,
     Postprocessing,
@@ -32,11 +34,11 @@ from app.model.postprocessing import (
     centroid_offset_lps,
     mean_inside,
 )
-from app.model.runtime import CompileMode, InferenceRunner
+from app.model.runtime import InferenceRunner
 
 log = logging.getLogger(__name__)
 
-AmpMode = Literal["auto", "bf16", "fp16", "off"]
+AmpMode = PrecisionMode
 
 EXPANSION_DEFINITION = (
     "Haematoma growth on the 20-24 h follow-up CT of > 6 mL absolute or > 33 % relative to the baseline "
@@ -102,6 +104,8 @@ class PredictionResult:
     mean_probability: float
     segmented_volume_ml: float
     timings_ms: dict[str, float]
+    network_probability: float = 0.0  # the network's own expansion output (0-1), before the expansion model
+    clot_features: dict[str, float] = field(default_factory=dict)  # app.model.clot_features (empty: none)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers (without the mask)."""
@@ -115,22 +119,14 @@ class PredictionResult:
             "infratentorial": self.infratentorial,
             "mean_probability": self.mean_probability,
             "segmented_volume_ml": self.segmented_volume_ml,
+            "network_probability": self.network_probability,
+            "clot_features": dict(self.clot_features),
             "volume_ml": self.volume_ml,
             "abc2_volume_ml": self.abc2_volume_ml,
             "voxel_count": self.voxel_count,
             "touches_fov_edge": self.touches_fov_edge,
             "timings_ms": dict(self.timings_ms),
         }
-
-
-def resolve_device(requested: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when one is usable, else CPU; otherwise the named torch device."""
-    if requested == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available")
-    return device
 
 
 def resolve_postprocessing(weights: Any) -> Postprocessing:
@@ -215,6 +211,7 @@ class Predictor:
         """Map probabilities back to the analysis grid, threshold, apply the detection rule, calibrate, and
         measure (CPU); see :class:`PredictionResult` for what a failed detection reports."""
         from app import volumetry
+        from app.model.clot_features import clot_features
         from app.preprocessing import mask_to_source_slices, probabilities_to_reference
 
         t0 = time.perf_counter()
@@ -232,7 +229,12 @@ class Predictor:
         else:
             mask_arr = np.zeros_like(mask_arr)
             infratentorial = touches_edge = False
-        raw_probability = float(raw.expansion_probability)
+        network_probability = float(raw.expansion_probability)
+        features: dict[str, float] = {}
+        if detected:
+            features = clot_features(sitk.GetArrayViewFromImage(series.image), mask_arr, series.spacing_zyx)
+        raw_probability = post.expansion_model.probability(network_probability, features) if detected \
+            else network_probability
         probability = post.calibration.apply(raw_probability) if detected else None
         mask = sitk.GetImageFromArray(mask_arr)
         mask.CopyInformation(series.image)
@@ -258,6 +260,8 @@ class Predictor:
             infratentorial=infratentorial,
             mean_probability=mean_probability,
             segmented_volume_ml=segmented_ml,
+            network_probability=network_probability,
+            clot_features=features,
             timings_ms=timings,
         )
         result.timings_ms["postprocess"] = _ms(t0)
@@ -285,3 +289,20 @@ class Predictor:
         return {"name": w.name, "version": w.version, "sha256": w.weights_sha256, "device": str(self.device),
                 "autocast": runtime["autocast"], "channels_last_3d": runtime["channels_last_3d"],
                 "compile": runtime["compile"]}
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` answers (JSON-able, no identifiers): the registered manifest of the weights,
+        overlaid with name, version, weights sha256, threshold (on the calibrated probability), plans, model
+        config, parameter count, device, runtime settings (:meth:`InferenceRunner.describe
+        <app.model.runtime.InferenceRunner.describe>`) and the post-processing in effect (defaults filled in)."""
+        from app.model.unet import count_parameters
+
+        w = self.weights
+        body = dict(w.manifest) if isinstance(w.manifest, dict) else {}
+        body.update({
+            "name": w.name, "version": w.version, "sha256": w.weights_sha256, "threshold": w.threshold,
+            "plans": w.plans.model_dump(mode="json"), "config": w.config.model_dump(mode="json"),
+            "parameter_count": count_parameters(self.model), "device": str(self.device),
+            "runtime": self.runner.describe(), "postprocessing": self.postprocessing.model_dump(mode="json"),
+        })
+        return body

@@ -1,4 +1,4 @@
-"""Benchmark harness (issue 5): stage timings, forward FLOP rate vs matmul, baseline vs optimised, service, training.
+"""Benchmark harness: stage timings, forward FLOP rate vs matmul, baseline vs optimised, service, training.
 
 Run ``python bench/run.py --quick --json``; see bench/README.md. Nothing here asserts timings.
 """

@@ -1,4 +1,4 @@
-"""The straightforward baseline of issue 5: the same weights and the same preprocessing steps, written the plain way.
+"""The straightforward baseline of the benchmarks: the same weights and the same preprocessing steps, written the plain way.
 
 * read: SimpleITK ``ImageSeriesReader`` (GDCM sorts the files), cast to float32 HU;
 * preprocess: the project's skull strip (it *defines* the brain mask, so both paths share it) and FOV centre, then

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("synth", "train", "cv", "evaluate", "compare_auc", "register")
+COMMAND_MODULES = ("synth", "train", "cv", "evaluate", "calibrate", "compare_auc", "register")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """The service with the compiled (inductor, freezing) model, as production runs it on CPU: a REAL uvicorn process
 started with ``ICH_COMPILE=on`` must report the compiled runtime and give the same answer as the eager model.
 
-Agreement criteria (issue 5): expansion probability within 1e-3, mask Dice >= 0.999 (observed: ~1e-7, 1.0).
+Agreement criteria (the runner's acceptance criteria): expansion probability within 1e-3, mask Dice >= 0.999
+(observed: ~1e-7, 1.0).
 Budget: ~30 s on 2 CPU cores (the warm-up compiles the small model: ~15-25 s cold, less from inductor's cache).
 """
 

@@ -159,7 +159,8 @@ def test_openapi_docs_can_be_switched_off() -> None:
 
 
 def test_value_quoting_libraries_are_logged_without_values(capsys: pytest.CaptureFixture[str]) -> None:
-    """Regression D5: pydicom log records and warnings quote element values; the service logs neither."""
+    """Regression, no element values in logs: pydicom log records and warnings quote element values; the
+    service logs neither."""
     import logging
     import warnings
 
@@ -186,9 +187,9 @@ def test_value_quoting_libraries_are_logged_without_values(capsys: pytest.Captur
 
 
 def test_unexpected_exception_is_a_clean_500_counted_and_value_free(capsys: pytest.CaptureFixture[str]) -> None:
-    """Regression D2: an exception no handler claims is answered by the request_context middleware itself
-    (never re-raised to Starlette, which would drop the keep-alive connection), counted, and logged without
-    its message."""
+    """Regression, keep-alive survives an unexpected error: an exception no handler claims is answered by the
+    request_context middleware itself (never re-raised to Starlette, which would drop the keep-alive
+    connection), counted, and logged without its message."""
     import httpx
     from fastapi import APIRouter
 
@@ -217,7 +218,8 @@ def test_unexpected_exception_is_a_clean_500_counted_and_value_free(capsys: pyte
 
 
 def test_readiness_is_503_while_saturated() -> None:
-    """Regression D4: /health/ready answers 503 + Retry-After while every admission slot is taken."""
+    """Regression, readiness reports saturation: /health/ready answers 503 + Retry-After while every admission
+    slot is taken."""
     import httpx
 
     from app.api import create_app

@@ -93,7 +93,7 @@ def small_series(tmp_path_factory):
 
 
 def test_optimised_and_baseline_paths_agree(small_series) -> None:
-    """The issue's acceptance check on a real (synthetic) DICOM series: probability within 1e-3, Dice >= 0.999,
+    """The runner's acceptance check on a real (synthetic) DICOM series: probability within 1e-3, Dice >= 0.999,
     between the service's path (project reader, fast preprocessing, compiled runner) and the plain baseline
     (SimpleITK reader, sitk.Resample, eager model)."""
     plans = Plans(matrix_zyx=(8, 64, 64))

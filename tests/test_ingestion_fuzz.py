@@ -1,5 +1,6 @@
-"""Mutation fuzzing of ingestion itself (no HTTP): regression for defect D1 (library exceptions escaping
-``load_series`` -> HTTP 500) and the ingestion half of D5 (pydicom quoting element values in warnings/logs).
+"""Mutation fuzzing of ingestion itself (no HTTP): regression for "damaged DICOM is refused, never a 500"
+(library exceptions escaping ``load_series`` -> HTTP 500) and the ingestion half of "no element values in logs"
+(pydicom quoting element values in warnings/logs).
 
 The mutators of the reliability suite (``tests/reliability/mutators.py``: truncation, bit flips, wrong VRs and
 lengths, huge lengths, damaged geometry and pixel attributes, lying transfer syntaxes, nested sequences, random
@@ -144,7 +145,8 @@ def test_damaged_deflate_member_is_archive_invalid(canary_files: list[bytes]) ->
 
 
 def test_pydicom_log_records_are_redacted(canary_files: list[bytes]) -> None:
-    """D5: a damaged UI value makes pydicom log the raw bytes that follow (the patient module included)."""
+    """No element values in logs: a damaged UI value makes pydicom log the raw bytes that follow (the patient
+    module included)."""
     data = bytearray(canary_files[0])
     pos = data.find(b"\x08\x00\x16\x00UI")  # SOPClassUID: a long length swallows the following elements
     data[pos + 6] = 0xF2

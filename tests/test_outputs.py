@@ -159,7 +159,7 @@ def test_compact_result_renders_the_same_files(headers: list[pydicom.Dataset]) -
 
 
 def test_seg_from_anonymised_headers_missing_type2_attributes(headers: list[pydicom.Dataset]) -> None:
-    """Regression (defect D6): highdicom reads PatientBirthDate, PatientSex, ... of the first source; an
+    """Regression (SEG from anonymised headers): highdicom reads PatientBirthDate, PatientSex, ... of the first source; an
     anonymised series without them still gives a valid SEG, and the caller's headers stay unchanged."""
     import copy
 

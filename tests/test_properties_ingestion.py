@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of ingestion and geometry (issue 6, item 3).
+"""Property-based tests (hypothesis) of ingestion and geometry (invariants of the reader).
 
 * any permutation of the files gives the same volume;
 * any orientation sign convention (rows and/or columns stored mirrored, with ImageOrientationPatient and

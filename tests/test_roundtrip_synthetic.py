@@ -1,4 +1,4 @@
-"""Round trip of a synthetic head-CT phantom through real DICOM files and ingestion (issue 2, "done when").
+"""Round trip of a synthetic head-CT phantom through real DICOM files and ingestion (the end-to-end acceptance check).
 
 phantom (model_training.synthetic) -> DICOM series with shuffled file names -> ``load_series`` -> the phantom's
 ground-truth mask resampled (nearest neighbour, physical LPS coordinates) onto the ingested grid -> volume in mL

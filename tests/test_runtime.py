@@ -1,8 +1,8 @@
 """InferenceRunner (app/model/runtime.py): the optimised path must equal the eager float32 NCDHW model.
 
 Budget: < 10 s on 2 CPU cores (a narrow network on an 8x32x32 input; no timing assertions).
-Agreement criteria (the issue's): probability within 1e-3 and mask Dice >= 0.999; the float32 CPU path is in fact
-checked at 1e-4.
+Agreement criteria (the runner's acceptance criteria): probability within 1e-3 and mask Dice >= 0.999; the
+float32 CPU path is in fact checked at 1e-4.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 
 from app.api.logging_config import configure_logging, request_id_var
 from app.api.metrics import ServiceMetrics
@@ -65,8 +65,9 @@ def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor 
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
+    app.state.auth = auth
     install_problem_handlers(app)
-    include_routes(app, Depends(auth))
+    include_routes(app)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):  # type: ignore[no-untyped-def]

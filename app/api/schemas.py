@@ -1,71 +1,33 @@
-"""Response models of the HTTP API (pydantic). No field carries a patient name, ID or birth date."""
+"""Response models of the HTTP API (pydantic). No field carries a patient name, ID or birth date.
+
+The prediction document is defined in the core (:mod:`app.result_schema`, built by :mod:`app.result`) and
+re-exported here; only the health answer is specific to the web layer.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pydantic import BaseModel
 
-from pydantic import BaseModel, Field
+from app.result_schema import (
+    Expansion,
+    Haematoma,
+    InputSummary,
+    Links,
+    ModelRef,
+    PredictionResponse,
+    WarningItem,
+)
 
-
-class ModelRef(BaseModel):
-    name: str
-    version: str
-    sha256: str = Field(description="sha256 of the weights file")
-
-
-class WarningItem(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-class InputSummary(BaseModel):
-    study_instance_uid: str
-    series_instance_uid: str
-    slice_count: int = Field(description="Source instances in the analysed series (NIfTI: slices of the volume)")
-    source_kind: Literal["dicom", "nifti"] = Field("dicom", description="What was uploaded: a DICOM series or a "
-                                                   "NIfTI volume (no UIDs, no source instances, no DICOM SEG)")
-    spacing_mm: tuple[float, float, float] = Field(description="Analysis grid spacing (z, y, x) in mm")
-    onset_to_ct_hours: float | None = None
-    warnings: list[WarningItem] = Field(default_factory=list)
-
-
-class Expansion(BaseModel):
-    probability: float | None = Field(ge=0, le=1, description="Calibrated expansion probability; null when no "
-                                      "haematoma was detected (see reason)")
-    raw_probability: float = Field(ge=0, le=1, description="Uncalibrated model output")
-    threshold: float = Field(description="Decision threshold on the calibrated probability")
-    predicted: bool | None = Field(description="probability >= threshold; null when no haematoma was detected")
-    reason: str | None = Field(None, description="Why probability is null: no_haematoma_detected")
-    definition: str
-
-
-class Haematoma(BaseModel):
-    detected: bool = Field(description="The detection rule of the weights accepted the segmented mask; when "
-                           "false the mask is empty")
-    volume_ml: float = Field(description="Mask volume on the analysis (original) grid, mL")
-    abc2_volume_ml: float = Field(description="ABC/2 estimate from the mask, mL")
-    voxel_count: int
-    touches_fov_edge: bool = Field(description="The mask reaches the edge of the analysed field of view")
-    infratentorial: bool = Field(description="Heuristic (centroid offset from the brain centroid, LPS mm): the "
-                                 "haematoma lies probably below the tentorium")
-
-
-class Links(BaseModel):
-    self: str
-    mask_nifti: str
-    seg_dicom: str | None = Field(None, description="null when the input has no DICOM source instances (NIfTI)")
-    overlay_png: str
-
-
-class PredictionResponse(BaseModel):
-    id: str
-    model: ModelRef
-    input: InputSummary
-    expansion: Expansion
-    haematoma: Haematoma
-    links: Links
-    timings_ms: dict[str, float]
+__all__ = [
+    "Expansion",
+    "Haematoma",
+    "HealthResponse",
+    "InputSummary",
+    "Links",
+    "ModelRef",
+    "PredictionResponse",
+    "WarningItem",
+]
 
 
 class HealthResponse(BaseModel):

@@ -1,13 +1,17 @@
 """The prediction pipeline behind the API: admission control, thread pools and the single model worker.
 
 * At most ``max_in_flight`` prediction requests are admitted (upload to stored result); others get 503 with
-  ``Retry-After`` at once, so memory stays bounded and nothing piles up.
+  ``Retry-After`` at once, so memory stays bounded and nothing piles up. ``async with service.admit()`` holds
+  one slot (:class:`Admission`) and always gives it back, with the upload's temporary files.
 * Reading/decoding DICOM, preprocessing, inverse mapping and file rendering run in a thread pool of
   ``preprocess_threads`` (off the event loop, so health checks stay responsive).
 * The model runs in one dedicated thread per device, so the next request's preprocessing overlaps the current
   forward pass. A CUDA out-of-memory error fails only that request (503 ``out_of_memory``).
-* Work is a task that owns its admission slot and temp folder: a request that times out answers 503 at once,
-  and its slot and files are released when the work really stops (after the current stage).
+* Work is a task that outlives its request when it must: a request that times out (``request_timeout_s`` for
+  upload and processing together) answers 503 at once, and its slot and files are released when the work really
+  stops (after the current stage).
+* The result document and files are built by :mod:`app.result` (the core, shared with ``python -m app
+  predict``); stage timings (ms) are the predictor's own plus the service's ``read`` and ``outputs``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +31,13 @@ from app.api.metrics import ServiceMetrics
 from app.api.problems import Problem
 from app.api.settings import ServiceSettings
 from app.api.store import ResultStore
-from app.api.uploads import Upload
+from app.api.uploads import Upload, receive_upload
 from app.errors import IngestionError, RefusalCode
-from app.inference import EXPANSION_DEFINITION, InferenceOutOfMemory, PredictionResult, Predictor
-from app.model.postprocessing import result_warnings
+from app.inference import InferenceOutOfMemory, PredictionResult, Predictor
 from app.outputs import CompactResult
+from app.result import PredictionResponse, StageTimings, build_document, compact_outputs, render_files
+
+__all__ = ["Admission", "Job", "PredictionService", "build_response", "compact_outputs", "render_files"]
 
 RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png"}
 
@@ -42,6 +50,26 @@ class Job:
     series_instance_uid: str | None
     onset_to_ct_hours: float | None
     cancelled: bool = False
+
+
+@dataclass
+class Admission:
+    """One admitted prediction request (from :meth:`PredictionService.admit`): its deadline (``time.monotonic``
+    seconds), its upload once received, and the work task once started. The slot and the upload's files are
+    released when the request leaves ``admit()``, or, when the work outlives the request, when the work stops."""
+
+    deadline: float
+    upload: Upload | None = None
+    work: asyncio.Future[Any] | None = None
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback of abandoned work: fetch its outcome so asyncio never warns it was not retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class PredictionService:
@@ -93,6 +121,7 @@ class PredictionService:
         return self._in_flight >= self.settings.max_in_flight
 
     def try_admit(self) -> bool:
+        """Take a slot when one is free (the primitive under :meth:`admit`); a refusal is counted."""
         if self.saturated:
             self.metrics.rejected.labels("capacity").inc()
             return False
@@ -104,79 +133,147 @@ class PredictionService:
         self._in_flight -= 1
         self.metrics.in_flight.set(self._in_flight)
 
+    def retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
     def overloaded(self) -> Problem:
         return Problem("overloaded", f"At most {self.settings.max_in_flight} predictions are processed at once",
-                       headers={"Retry-After": str(self.settings.retry_after_s)})
+                       headers=self.retry_after())
+
+    def require_ready(self) -> None:
+        """Raise 503 ``not_ready`` (with Retry-After) while the model is loading or failed to load."""
+        if not self.ready:
+            raise Problem("not_ready", self.not_ready_reason, headers=self.retry_after())
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[Admission]:
+        """``async with service.admit() as admission:`` one prediction slot for the request.
+
+        Raises 503 ``not_ready`` before the model is ready and 503 ``overloaded`` (Retry-After) when every slot is
+        taken. On leaving, by any path, the slot and the upload's temporary files are released; when the work
+        task (:meth:`predict`) outlives the request (a timeout, a client gone), they are released when it stops."""
+        self.require_ready()
+        if not self.try_admit():
+            raise self.overloaded()
+        admission = Admission(deadline=time.monotonic() + self.settings.request_timeout_s)
+        try:
+            yield admission
+        finally:
+            work = admission.work
+            if work is not None and not work.done():
+                work.add_done_callback(lambda _task: self._release_admission(admission))
+            else:
+                self._release_admission(admission)
+
+    def _release_admission(self, admission: Admission) -> None:
+        if admission.upload is not None:
+            admission.upload.cleanup()
+        self.release()
+
+    # --- request steps -----------------------------------------------------------------------------------
+    async def receive(self, admission: Admission, content_type: str | None, content_length: str | None,
+                      body: AsyncIterable[bytes]) -> Upload:
+        """Stream the request body to a temporary folder (owned by ``admission`` from here) within the time
+        left; 408 ``request_timeout`` when the upload does not complete in time."""
+        s = self.settings
+        try:
+            upload = await asyncio.wait_for(
+                receive_upload(content_type, content_length, body, max_body_bytes=s.max_body_bytes,
+                               max_files=s.max_files, upload_dir=s.upload_dir),
+                timeout=admission.remaining_s(),
+            )
+        except TimeoutError:
+            raise Problem("request_timeout", "The upload did not complete within the time limit") from None
+        admission.upload = upload
+        return upload
+
+    async def predict(self, admission: Admission, *, series_instance_uid: str | None,
+                      onset_to_ct_hours: float | None, base_url: str = "") -> PredictionResponse:
+        """Run the pipeline on the admitted upload as a task that owns the slot and the files, and wait for it
+        within the time left. On 503 ``processing_timeout`` or when the client goes away the task is told to
+        stop after its current stage; the answer does not wait for it."""
+        assert admission.upload is not None, "receive() the upload first"
+        job = Job(upload=admission.upload, series_instance_uid=series_instance_uid,
+                  onset_to_ct_hours=onset_to_ct_hours)
+        task = asyncio.ensure_future(self.run(job, base_url=base_url))
+        admission.work = task
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=admission.remaining_s())
+        except TimeoutError:
+            job.cancelled = True
+            task.add_done_callback(_retrieve)
+            raise Problem("processing_timeout", f"The prediction took longer than {self.settings.request_timeout_s} s",
+                          headers=self.retry_after()) from None
+        except asyncio.CancelledError:  # client went away: stop after the current stage
+            job.cancelled = True
+            task.add_done_callback(_retrieve)
+            raise
+
+    def describe(self) -> dict[str, Any]:
+        """The answer of ``GET /v1/model`` (:meth:`Predictor.describe <app.inference.Predictor.describe>`);
+        503 ``not_ready`` while no model is loaded."""
+        if self.predictor is None:
+            raise Problem("not_ready", self.not_ready_reason, headers=self.retry_after())
+        return self.predictor.describe()
 
     # --- pipeline ----------------------------------------------------------------------------------------
     async def _cpu(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.cpu_pool, lambda: fn(*args, **kwargs))
 
-    def _stage(self, timings: dict[str, float], name: str, start: float) -> None:
-        ms = round((time.perf_counter() - start) * 1000.0, 3)
-        timings[name] = ms
+    def _observe_stage(self, name: str, ms: float) -> None:
         self.metrics.stage_latency.labels(name).observe(ms / 1000.0)
 
-    async def run(self, job: Job, base_url: str) -> dict[str, Any]:
-        """The whole pipeline for one admitted job; releases the slot and removes temp files at the end."""
+    async def run(self, job: Job, base_url: str) -> PredictionResponse:
+        """The whole pipeline for one admitted job (ingest, the predictor's three stages, the compact result),
+        stored under a new id. The slot and the files belong to the :class:`Admission`; the upload is removed
+        here as soon as the instances are in memory."""
         from app.ingestion import ArchiveLimits, load_series
 
-        try:
-            predictor = self.predictor
-            assert predictor is not None
-            s = self.settings
-            limits = ArchiveLimits(
-                max_members=s.max_archive_members,
-                max_total_bytes=s.max_uncompressed_bytes,
-                max_compression_ratio=s.max_compression_ratio,
-            )
-            timings: dict[str, float] = {}
-            t0 = time.perf_counter()
+        predictor = self.predictor
+        assert predictor is not None
+        s = self.settings
+        limits = ArchiveLimits(
+            max_members=s.max_archive_members,
+            max_total_bytes=s.max_uncompressed_bytes,
+            max_compression_ratio=s.max_compression_ratio,
+        )
+        timings = StageTimings(self._observe_stage)
+        with timings.stage("read"):
             series = await self._cpu(
                 self._read_backstopped, load_series, [str(p) for p in job.upload.files],
                 series_instance_uid=job.series_instance_uid, limits=limits,
             )
-            self._stage(timings, "read", t0)
-            job.upload.cleanup()  # the instances are in memory now
-            self._check(job)
-            t0 = time.perf_counter()
-            prepared = await self._cpu(predictor.prepare, series)
-            self._stage(timings, "preprocess", t0)
-            self._check(job)
-            loop = asyncio.get_running_loop()
-            self._waiting_for_model += 1
-            self.metrics.inference_queue.set(self._waiting_for_model)
-            try:
-                raw = await loop.run_in_executor(self.model_pool, predictor.infer, prepared.tensor)
-            except InferenceOutOfMemory as exc:
-                self.metrics.oom.inc()
-                raise Problem("out_of_memory", str(exc), headers={"Retry-After": str(s.retry_after_s)}) from None
-            finally:
-                self._waiting_for_model -= 1
-                self.metrics.inference_queue.set(self._waiting_for_model)
-            timings["inference"] = raw.inference_ms
-            self.metrics.stage_latency.labels("inference").observe(raw.inference_ms / 1000.0)
-            self._check(job)
-            t0 = time.perf_counter()
-            result: PredictionResult = await self._cpu(predictor.finish, series, prepared, raw)
-            self._stage(timings, "postprocess", t0)
-            t0 = time.perf_counter()
-            # files are rendered lazily on their first GET; the POST path only packs the mask (~10 ms)
-            compact = await self._cpu(compact_outputs, predictor, series, result)
-            self._stage(timings, "outputs", t0)
-            pid = uuid.uuid4().hex
-            body = build_response(pid, predictor, series, result, timings, job.onset_to_ct_hours, base_url)
-            self.store.put(pid, body, compact=compact)
-            self._update_store_metrics()
-            log.info("prediction done", extra={
-                "prediction_id": pid, "series": pseudonym(series.series_instance_uid),
-                "slices": series.slice_count, "timings_ms": body["timings_ms"],
-            })
-            return body
+        job.upload.cleanup()  # the instances are in memory now
+        self._check(job)
+        prepared = await self._cpu(predictor.prepare, series)
+        self._check(job)
+        loop = asyncio.get_running_loop()
+        self._waiting_for_model += 1
+        self.metrics.inference_queue.set(self._waiting_for_model)
+        try:
+            raw = await loop.run_in_executor(self.model_pool, predictor.infer, prepared.tensor)
+        except InferenceOutOfMemory as exc:
+            self.metrics.oom.inc()
+            raise Problem("out_of_memory", str(exc), headers=self.retry_after()) from None
         finally:
-            job.upload.cleanup()
-            self.release()
+            self._waiting_for_model -= 1
+            self.metrics.inference_queue.set(self._waiting_for_model)
+        self._check(job)
+        result: PredictionResult = await self._cpu(predictor.finish, series, prepared, raw)
+        timings.add_result(result)  # preprocess, inference, postprocess: as the predictor measured them
+        with timings.stage("outputs"):
+            # files are rendered lazily on their first GET; the POST path only packs the mask
+            compact = await self._cpu(compact_outputs, predictor, series, result)
+        pid = uuid.uuid4().hex
+        document = build_document(pid, predictor, series, result, timings.ms, job.onset_to_ct_hours, base_url)
+        self.store.put(pid, document, compact=compact)
+        self.update_store_metrics()
+        log.info("prediction done", extra={
+            "prediction_id": pid, "series": pseudonym(series.series_instance_uid),
+            "slices": series.slice_count, "timings_ms": document.timings_ms,
+        })
+        return document
 
     def _read_backstopped(self, load_series: Any, paths: list[str], **kwargs: Any) -> Any:
         """``load_series`` with a backstop: ingestion turns damaged client DICOM into refusals itself; a
@@ -193,7 +290,8 @@ class PredictionService:
                 RefusalCode.INVALID_DICOM, "An uploaded DICOM object could not be read (damaged or malformed)",
             )) from None
 
-    def _update_store_metrics(self) -> None:
+    def update_store_metrics(self) -> None:
+        """Set the store gauges (items, bytes) from the store now."""
         stats = self.store.stats()
         self.metrics.store_items.set(stats["items"])
         self.metrics.store_bytes.set(stats["bytes"])
@@ -212,25 +310,13 @@ class PredictionService:
             raise Problem(missing.code, missing.reason)
         data = await self._cpu(self.store.get_file, prediction_id, name)
         self.metrics.stage_latency.labels(RENDER_STAGES.get(name, "render")).observe(time.perf_counter() - t0)
-        self._update_store_metrics()
+        self.update_store_metrics()
         return data
 
     @staticmethod
     def _check(job: Job) -> None:
         if job.cancelled:
             raise asyncio.CancelledError
-
-
-def compact_outputs(predictor: Predictor, series: Any, result: PredictionResult) -> CompactResult:
-    """The compact form the result files are rendered from (CPU, ~10 ms)."""
-    w = predictor.weights
-    return CompactResult.from_prediction(series, result, algorithm_name=w.name, algorithm_version=w.version)
-
-
-def render_files(predictor: Predictor, series: Any, result: PredictionResult) -> dict[str, bytes]:
-    """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU), as ``python -m app predict`` writes them; without
-    source instances (a NIfTI input) there is no SEG (:meth:`CompactResult.unavailable` says why)."""
-    return compact_outputs(predictor, series, result).render_all()
 
 
 def build_response(
@@ -242,47 +328,5 @@ def build_response(
     onset_to_ct_hours: float | None,
     base_url: str,
 ) -> dict[str, Any]:
-    """The JSON body (see :class:`app.api.schemas.PredictionResponse`)."""
-    w = predictor.weights
-    definition = str(w.manifest.get("expansion_definition", EXPANSION_DEFINITION)) if isinstance(
-        w.manifest, dict) else EXPANSION_DEFINITION
-    prefix = f"{base_url}/v1/predictions/{pid}"
-    timings = dict(timings)
-    timings["total"] = round(sum(v for k, v in timings.items()), 3)
-    warnings = [*series.warnings, *result_warnings(result, predictor.postprocessing)]
-    return {
-        "id": pid,
-        "model": {"name": w.name, "version": w.version, "sha256": w.weights_sha256},
-        "input": {
-            "study_instance_uid": series.study_instance_uid,
-            "series_instance_uid": series.series_instance_uid,
-            "slice_count": series.slice_count,
-            "source_kind": series.source_kind,
-            "spacing_mm": [float(v) for v in series.spacing_zyx],
-            "onset_to_ct_hours": onset_to_ct_hours,
-            "warnings": [wr.as_dict() for wr in warnings],
-        },
-        "expansion": {
-            "probability": result.probability,
-            "raw_probability": result.raw_probability,
-            "threshold": result.threshold,
-            "predicted": result.predicted,
-            "reason": result.reason,
-            "definition": definition,
-        },
-        "haematoma": {
-            "detected": result.detected,
-            "volume_ml": result.volume_ml,
-            "abc2_volume_ml": result.abc2_volume_ml,
-            "voxel_count": result.voxel_count,
-            "touches_fov_edge": result.touches_fov_edge,
-            "infratentorial": result.infratentorial,
-        },
-        "links": {
-            "self": prefix,
-            "mask_nifti": f"{prefix}/mask.nii.gz",
-            "seg_dicom": f"{prefix}/seg.dcm" if series.source_headers else None,  # a NIfTI input has no SEG
-            "overlay_png": f"{prefix}/overlay.png",
-        },
-        "timings_ms": timings,
-    }
+    """The result document as a JSON dict (:func:`app.result.build_document`, kept for existing callers)."""
+    return build_document(pid, predictor, series, result, timings, onset_to_ct_hours, base_url).model_dump(mode="json")

@@ -1,9 +1,10 @@
 """Bounded in-memory result store with a time-to-live, limited by entry count and bytes.
 
-An entry holds the response JSON (no patient identifiers), the :class:`~app.outputs.CompactResult` the files
-are rendered from (packed mask bits, geometry, pixel-free source headers, key-slice HU), and the files
-rendered so far. Files are rendered on their first GET (:meth:`ResultStore.get_file`), outside the store lock
-and at most once per entry, then cached; their bytes count against ``max_bytes`` like everything else.
+An entry holds the result document (:class:`~app.result_schema.PredictionResponse`; no patient identifiers),
+the :class:`~app.outputs.CompactResult` the files are rendered from (packed mask bits, geometry, pixel-free
+source headers, key-slice HU), and the files rendered so far. Files are rendered on their first GET
+(:meth:`ResultStore.get_file`), outside the store lock and at most once per entry, then cached; their bytes count
+against ``max_bytes`` like everything else.
 
 Thread-safe; expired entries are dropped lazily on every access, oldest entries evicted first when a limit would
 be exceeded (the newest entry is always kept).
@@ -32,7 +33,7 @@ class Renderable(Protocol):
 
 @dataclass
 class StoredResult:
-    result: dict[str, Any]
+    result: Any  # the result document (a PredictionResponse; any JSON-able value in unit tests)
     files: dict[str, bytes] = field(default_factory=dict)  # name -> bytes ("mask.nii.gz", "seg.dcm", ...)
     created: float = 0.0
     compact: Renderable | None = None
@@ -69,7 +70,7 @@ class ResultStore:
         while len(self._items) > 1 and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
             self._drop(next(iter(self._items)))
 
-    def put(self, key: str, result: dict[str, Any], files: dict[str, bytes] | None = None, *,
+    def put(self, key: str, result: Any, files: dict[str, bytes] | None = None, *,
             compact: Renderable | None = None) -> None:
         """Store ``result`` with already rendered ``files`` and/or the ``compact`` form to render them from."""
         with self._lock:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -34,11 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.api.service import build_response, compact_outputs
     from app.errors import IngestionError
     from app.inference import Predictor
     from app.ingestion import load_series
-    from app.outputs import FILE_NAMES
+    from app.result import StageTimings, build_document, compact_outputs, local_document, unavailable_files
 
     try:
         predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
@@ -47,26 +45,21 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
                           "message": str(exc)}), file=sys.stderr)
         return 3
-    timings: dict[str, float] = {}
+    timings = StageTimings()
     try:
-        t0 = time.perf_counter()
-        series = load_series([str(p) for p in args.inputs], series_instance_uid=args.series_instance_uid)
-        timings["read"] = round((time.perf_counter() - t0) * 1000, 3)
+        with timings.stage("read"):
+            series = load_series([str(p) for p in args.inputs], series_instance_uid=args.series_instance_uid)
         result = predictor.predict(series)
     except IngestionError as exc:
         print(json.dumps(exc.as_dict()), file=sys.stderr)
         return 2
-    timings.update(result.timings_ms)
-    t0 = time.perf_counter()
-    compact = compact_outputs(predictor, series, result)
-    files = compact.render_all()
-    not_written = {name: missing for name in FILE_NAMES if (missing := compact.unavailable(name)) is not None}
-    timings["outputs"] = round((time.perf_counter() - t0) * 1000, 3)
-    body = build_response(uuid.uuid4().hex, predictor, series, result, timings, args.onset_to_ct_hours, "")
-    body.pop("links")
-    body["files"] = sorted(["result.json", *files])
-    if not_written:
-        body["files_not_written"] = {name: {"code": m.code, "reason": m.reason} for name, m in not_written.items()}
+    timings.add_result(result)
+    with timings.stage("outputs"):
+        compact = compact_outputs(predictor, series, result)
+        files = compact.render_all()
+        not_written = unavailable_files(compact)
+    document = build_document(uuid.uuid4().hex, predictor, series, result, timings.ms, args.onset_to_ct_hours)
+    body = local_document(document, files, not_written)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (args.out / name).write_bytes(data)

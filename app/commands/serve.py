@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServiceSettings(**overrides)
     if settings.retain_cpu_memory:
         # before any thread exists: threads created later then share glibc's main arena, where the policy holds
-        from app.inference import resolve_device
-        from app.model.runtime import set_cpu_memory_retention
+        from app.model.device import resolve_device
+        from app.model.memory import set_cpu_memory_retention
 
         with contextlib.suppress(ValueError, RuntimeError):  # an unusable device is reported just below
             if resolve_device(settings.device).type == "cpu":

@@ -16,17 +16,23 @@ Two flavours:
   (e.g. a candidate whose geometry cannot be read is reported as ``inconsistent_geometry``) or for descriptive
   attributes that are only reported (SeriesDescription).
 
-:data:`PARSE_ERRORS` is the set of exception types that parsing untrusted DICOM may raise; the final guard of
-:func:`app.ingestion.load_series` converts any that escape into ``invalid_dicom``.
+:data:`PARSE_ERRORS` is the set of exception types that parsing untrusted DICOM may raise. Any that escape the
+accessors become a refusal where they are caught, with the code named there (:func:`refuse_parse_errors`): the
+pixel steps (hashing, decoding, volume assembly) refuse ``corrupt_pixel_data``, the final guard of
+:func:`app.ingestion.load_series` ``invalid_dicom``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 import struct
+import traceback
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pydicom
@@ -53,6 +59,8 @@ PARSE_ERRORS: tuple[type[BaseException], ...] = (
 
 _TAG_RE = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
 
+log = logging.getLogger("app.ingestion")
+
 
 def unreadable(keyword: str, code: RefusalCode, exc: BaseException | None = None) -> IngestionError:
     """The refusal for an attribute that is present but cannot be parsed (message names the keyword only)."""
@@ -76,6 +84,36 @@ def keyword_from_error(exc: BaseException) -> str | None:
         return None
     tag = (int(match.group(1), 16) << 16) | int(match.group(2), 16)
     return keyword_for_tag(tag) or f"({match.group(1).upper()},{match.group(2).upper()})"
+
+
+def unparsable(exc: BaseException, code: RefusalCode) -> IngestionError:
+    """The refusal ``code`` for a parse error of client data that escaped the typed accessors.
+
+    The message names the failing attribute keyword when the error says which tag failed, never the value. The
+    log gets the exception type and the code location (for operators) only.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    site = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(frames)
+                 if f"{os.sep}app{os.sep}" in f.filename), "?")
+    keyword = keyword_from_error(exc)
+    log.warning("ingestion refused unparsable client data: %s at %s (attribute %s)",
+                type(exc).__name__, site, keyword or "unknown")
+    what = f"the attribute {keyword}" if keyword else "an attribute"
+    return IngestionError(
+        code,
+        f"A DICOM object in the input cannot be parsed: {what} is damaged or has a wrong value representation.",
+        {"attribute": keyword, "error": type(exc).__name__},
+    )
+
+
+@contextmanager
+def refuse_parse_errors(code: RefusalCode) -> Iterator[None]:
+    """Turn any :data:`PARSE_ERRORS` raised inside the block into :func:`unparsable` with ``code``; an
+    :class:`~app.errors.IngestionError` raised inside passes unchanged."""
+    try:
+        yield
+    except PARSE_ERRORS as exc:
+        raise unparsable(exc, code) from None
 
 
 def raw_value(ds: pydicom.Dataset, keyword: str, code: RefusalCode) -> Any:

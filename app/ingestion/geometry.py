@@ -16,9 +16,11 @@ then slices are linearly interpolated along the normal onto planes spaced by the
 than twice the median spacing is missing data (refused).
 
 One 3D ``sitk.Resample`` of the sheared stack (non-orthogonal direction matrix) gives the same volume for evenly
-spaced tilted series (max difference 2e-7 HU on the Philips S21610 series) but was measured slower (0.60 s vs
-0.44 s for 58 slices of 512x512: ITK takes its general per-point path for mismatched directions), and it cannot
-express uneven spacing; the separable shift takes 0.16 s.
+spaced tilted series but is slower (ITK takes its general per-point path for mismatched directions) and cannot
+express uneven spacing (measurements: bench/README.md).
+
+Duplicate slices at one position are dropped or refused by the position rule of
+:class:`~app.ingestion.duplicates.Duplicates` after ordering.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from app.errors import IngestionError, QualityWarning, RefusalCode, WarningCode
+from app.ingestion.attributes import refuse_parse_errors
+from app.ingestion.duplicates import Duplicates
 from app.ingestion.reading import AIR_HU, Instance
 from app.ingestion.series import orientation_of, pixel_spacing_of, position_of, sop_instance_uid
 from app.ingestion.types import SourceSlice
 
-POSITION_TOLERANCE_MM = 0.01
 SPACING_REL_TOLERANCE = 0.01
 SPACING_ABS_TOLERANCE_MM = 0.05
 MAX_GAP_FACTOR = 2.0
@@ -48,7 +51,7 @@ class Volume:
     slices: list[SourceSlice]
     instances: list[Instance]  # in volume order, after duplicate removal
     resampled: bool
-    warnings: list[QualityWarning]
+    warnings: list[QualityWarning]  # gantry tilt / uneven spacing resampling (duplicates: see Duplicates)
 
 
 def _inconsistent(message: str, **details: object) -> IngestionError:
@@ -69,37 +72,11 @@ def _unit_axes(orientation: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, 
     return r, c, np.cross(r, c)
 
 
-def _same_pixels(a: Instance, b: Instance) -> bool:
-    if a.pixel_hash is not None and a.pixel_hash == b.pixel_hash:
-        return True
-    return a.hu is not None and b.hu is not None and np.array_equal(a.hu, b.hu)
-
-
 def _position(inst: Instance) -> np.ndarray:
     ipp = position_of(inst)
     if ipp is None:
         raise _inconsistent("An image lacks a valid ImagePositionPatient.")
     return np.asarray(ipp, dtype=np.float64)
-
-
-def _dedupe_positions(
-    ordered: list[Instance], positions: np.ndarray
-) -> tuple[list[Instance], np.ndarray, int]:
-    """Drop slices at the same position with identical pixels; refuse when the pixels differ."""
-    keep: list[int] = []
-    removed = 0
-    for k in range(len(ordered)):
-        if keep and np.linalg.norm(positions[k] - positions[keep[-1]]) < POSITION_TOLERANCE_MM:
-            if not _same_pixels(ordered[keep[-1]], ordered[k]):
-                raise IngestionError(
-                    RefusalCode.CONFLICTING_DUPLICATES,
-                    "Two images of the series lie at the same position but hold different pixels.",
-                    {"slice_index": len(keep) - 1},
-                )
-            removed += 1
-            continue
-        keep.append(k)
-    return [ordered[k] for k in keep], positions[keep], removed
 
 
 def require_slices(n_slices: int, min_slices: int) -> None:
@@ -189,11 +166,27 @@ def _resample_slicewise(
     return volume
 
 
-def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm: float | None = None) -> Volume:
+def build_volume(
+    instances: list[Instance],
+    min_slices: int,
+    default_spacing_mm: float | None = None,
+    duplicates: Duplicates | None = None,
+) -> Volume:
     """Order, de-duplicate and stack decoded instances (``hu`` filled) of one candidate into an LPS volume.
 
-    ``default_spacing_mm`` gives the z spacing of a single-slice volume (SliceThickness, else 1 mm).
+    ``default_spacing_mm`` gives the z spacing of a single-slice volume (SliceThickness, else 1 mm). Slices at
+    an already present position are handled by ``duplicates`` (the caller's tally; a fresh one when None), which
+    also reports them: ``Volume.warnings`` holds the resampling warnings only. A parse error of the client data
+    is refused as ``corrupt_pixel_data``.
     """
+    with refuse_parse_errors(RefusalCode.CORRUPT_PIXEL_DATA):
+        return _build_volume(instances, min_slices, default_spacing_mm,
+                             duplicates if duplicates is not None else Duplicates())
+
+
+def _build_volume(
+    instances: list[Instance], min_slices: int, default_spacing_mm: float | None, duplicates: Duplicates
+) -> Volume:
     first = instances[0]
     orientation = orientation_of(first)
     if orientation is None:
@@ -213,15 +206,9 @@ def build_volume(instances: list[Instance], min_slices: int, default_spacing_mm:
     d = positions @ n
     order = np.argsort(d, kind="stable")
     ordered = [instances[k] for k in order]
-    ordered, positions, removed = _dedupe_positions(ordered, positions[order])
+    ordered, positions = duplicates.drop_same_position(ordered, positions[order])
     d = positions @ n
     warnings: list[QualityWarning] = []
-    if removed:
-        warnings.append(QualityWarning(
-            WarningCode.DUPLICATES_REMOVED,
-            f"{removed} duplicate image(s) at an already present position with identical pixels were ignored.",
-            {"count": removed},
-        ))
     require_slices(len(ordered), min_slices)
 
     a = positions @ r

@@ -47,6 +47,7 @@ from app.ingestion.attributes import (
     get_text,
     get_texts,
     raw_value,
+    refuse_parse_errors,
     unreadable,
 )
 from app.ingestion.sources import Member, has_dicom_preamble
@@ -219,9 +220,14 @@ def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
 def decode_hu(instance: Instance) -> np.ndarray:
     """Decode one single-frame CT instance to HU (float32, shape (rows, columns)).
 
-    Raises ``unsupported_transfer_syntax`` (no decoder) or ``corrupt_pixel_data`` (the decoder failed or the
-    pixel data is truncated / of the wrong shape).
+    Raises ``unsupported_transfer_syntax`` (no decoder) or ``corrupt_pixel_data`` (the decoder failed, the
+    pixel data is truncated / of the wrong shape, or an attribute read on the way cannot be parsed).
     """
+    with refuse_parse_errors(RefusalCode.CORRUPT_PIXEL_DATA):
+        return _decode_hu(instance)
+
+
+def _decode_hu(instance: Instance) -> np.ndarray:
     ds = instance.ds
     ts = instance.transfer_syntax
     check_decodable(ts)
@@ -265,34 +271,36 @@ def decode_hu(instance: Instance) -> np.ndarray:
 
 
 def pixel_hash(instance: Instance) -> str:
-    """SHA-256 of the encoded pixel bytes (identifies byte-identical duplicates without decoding)."""
-    raw = raw_value(instance.ds, "PixelData", RefusalCode.CORRUPT_PIXEL_DATA) or b""
-    if not isinstance(raw, bytes | bytearray):
-        raise unreadable("PixelData", RefusalCode.CORRUPT_PIXEL_DATA)
-    return hashlib.sha256(bytes(raw)).hexdigest()
+    """SHA-256 of the encoded pixel bytes (identifies byte-identical duplicates without decoding); a parse error
+    of the client data is refused as ``corrupt_pixel_data``."""
+    with refuse_parse_errors(RefusalCode.CORRUPT_PIXEL_DATA):
+        raw = raw_value(instance.ds, "PixelData", RefusalCode.CORRUPT_PIXEL_DATA) or b""
+        if not isinstance(raw, bytes | bytearray):
+            raise unreadable("PixelData", RefusalCode.CORRUPT_PIXEL_DATA)
+        return hashlib.sha256(bytes(raw)).hexdigest()
 
 
 def decode_all(instances: Sequence[Instance], max_workers: int | None = None) -> None:
-    """Decode ``instances`` in a thread pool; fills ``instance.hu``.
+    """Decode ``instances`` in a thread pool; fills ``instance.hu`` (HU, float32 (rows, columns)).
 
     Threads only overlap decoders that release the GIL; the gdcm, pylibjpeg-openjpeg and Pillow plugins hold it.
     JPEG 2000 still uses every core: pydicom picks the gdcm plugin first, and its OpenJPEG decodes each frame
-    with several threads. Measured (pydicom 3.0, 30 JPEG 2000 lossless 512x512 slices, 2-core EPYC): 0.66 s wall
-    for 1.13 s CPU; pinned to one core 1.07 s; a 2-process pool 0.58-0.64 s (not worth its start-up and
-    pickling), so no process pool is used.
+    with several threads, so no process pool is used (measurements: bench/README.md).
 
     Transfer-syntax support is checked up front so that an unsupported syntax is reported as such rather than
-    as whichever decode error happens to surface first.
+    as whichever decode error happens to surface first. Any parse error of the client data is refused as
+    ``corrupt_pixel_data``.
     """
-    for ts in sorted({i.transfer_syntax for i in instances}):
-        check_decodable(ts)
-    if len(instances) == 1:
-        instances[0].hu = decode_hu(instances[0])
-        return
-    workers = max_workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for inst, hu in zip(instances, pool.map(decode_hu, instances), strict=True):
-            inst.hu = hu
+    with refuse_parse_errors(RefusalCode.CORRUPT_PIXEL_DATA):
+        for ts in sorted({i.transfer_syntax for i in instances}):
+            check_decodable(ts)
+        if len(instances) == 1:
+            instances[0].hu = decode_hu(instances[0])
+            return
+        workers = max_workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for inst, hu in zip(instances, pool.map(decode_hu, instances), strict=True):
+                inst.hu = hu
 
 
 def is_lossy(instance: Instance) -> bool:

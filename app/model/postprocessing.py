@@ -102,6 +102,9 @@ class InfratentorialRule(BaseModel):
         return bool(dz <= self.max_dz_mm and dy >= self.min_dy_mm)
 
 
+from app.model.clot_features import ExpansionModel  # noqa: E402  (after the rules it sits beside)
+
+
 class Postprocessing(BaseModel):
     """The ``"postprocessing"`` block of a weights manifest (every part optional, defaults documented)."""
 
@@ -110,6 +113,7 @@ class Postprocessing(BaseModel):
     detection: DetectionRule = Field(default_factory=DetectionRule)
     calibration: Calibration = Field(default_factory=Calibration)
     infratentorial: InfratentorialRule = Field(default_factory=InfratentorialRule)
+    expansion_model: ExpansionModel = Field(default_factory=ExpansionModel)
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any] | None) -> Postprocessing:

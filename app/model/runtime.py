@@ -8,25 +8,23 @@ on the device in float32, whatever the compute precision.
 What it does differently from the plain ``model.predict(torch.from_numpy(x)[None, None])``:
 
 * **channels-last 3D** (``torch.channels_last_3d``, NDHWC) weights and input, on CUDA by default (cuDNN's
-  tensor-core convolutions want it). On the 2-core AVX2 EPYC CPU eager channels-last was ~10 % *slower* than
-  NCDHW (bench/README.md), so on CPU the layout is left to inductor (below), which picks oneDNN's blocked one.
-* **autocast** on CUDA: bfloat16 (or float16 where bf16 is unsupported) with the normalisations and sigmoids in
-  float32. On CPU the default is float32: without AVX-512-BF16/AMX, bf16 convolutions are emulated and slower.
+  tensor-core convolutions want it). On the project's CPU reference machine eager channels-last was *slower*
+  than NCDHW (bench/README.md), so on CPU the layout is left to inductor (below), which picks oneDNN's blocked one.
+* **autocast** on CUDA (:mod:`app.model.device`): bfloat16 (or float16 where bf16 is unsupported) with the
+  normalisations and sigmoids in float32. On CPU the default is float32: without AVX-512-BF16/AMX, bf16
+  convolutions are emulated and slower.
 * **CUDA graphs** (``cuda_graphs=True``, CUDA only): the whole forward pass is captured once per input shape and
   replayed, which removes the per-kernel launch overhead (a few ms per pass for this ~40-layer network).
 * **torch.compile** with inductor **freezing** (``compile=True``, or ``"auto"`` = on CPU when a C++ compiler is
-  found): the weights become constants, oneDNN convolution weights are pre-packed once, the transposed
-  convolutions go to oneDNN's deconvolution (eager PyTorch falls back to a slow path for them), and each
-  normalisation + ReLU becomes one fused C++ loop. Measured on the 2-core AVX2 EPYC (bench/README.md): paper model
-  32x256x256 eager 10.3 s -> 8.2 s (with retained memory, below), default weights 32x96x96 0.51 -> 0.30 s,
-  probabilities within ~3e-6 of eager. The
-  first pass per input shape compiles (default weights: ~20 s cold, ~9 s from inductor's on-disk cache; paper
-  model ~40 s cold), so the service does it during warm-up, before it reports ready. If compilation fails (no
-  compiler, an unsupported platform) the runner logs it once and falls back to eager; :meth:`describe` says which.
-* **retained CPU memory** (:func:`set_cpu_memory_retention`, applied by ``python -m app serve`` on CPU;
-  ``ICH_RETAIN_CPU_MEMORY``):
-  activations come from glibc's heap instead of fresh ``mmap``s, so a pass does not page-fault its buffers in
-  again (~5 % of the compiled forward pass here).
+  found, :mod:`app.model.compiler`): the weights become constants, oneDNN convolution weights are pre-packed
+  once, the transposed convolutions go to oneDNN's deconvolution (eager PyTorch falls back to a slow path for
+  them), and each normalisation + ReLU becomes one fused C++ loop (speed and agreement with eager:
+  bench/README.md). The first pass per input shape compiles (tens of seconds), so the service does it during
+  warm-up, before it reports ready. If compilation fails (no compiler, an unsupported platform) the runner logs it
+  once and falls back to eager; :meth:`describe` says which.
+* **retained CPU memory** (:func:`app.model.memory.set_cpu_memory_retention`, applied by ``python -m app serve``
+  on CPU; ``ICH_RETAIN_CPU_MEMORY``): activations come from glibc's heap instead of fresh ``mmap``s, so a pass
+  does not page-fault its buffers in again.
 * **overlap**: on CUDA the device lock is held only while the work is *enqueued*. The host->device copy comes from
   pinned memory and the device->host copy goes into pinned memory with ``non_blocking=True``; the caller waits
   for its own result on a CUDA event after releasing the lock. So while request N's kernels run, request N+1's
@@ -37,18 +35,15 @@ Numerical agreement with the eager float32 NCDHW model (tests/test_runtime.py): 
 agree within 1e-4 on probabilities (observed ~1e-6); bf16 autocast on GPU is checked by bench/gpu_check.sh
 against the same 1e-3 probability / Dice >= 0.999 mask criteria used for the CPU path, and is not the default
 where that check fails (``autocast="off"`` restores float32).
+
+Device and precision selection live in :mod:`app.model.device`, the compile decision in :mod:`app.model.compiler`
+and the glibc memory policy in :mod:`app.model.memory`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import ctypes
-import functools
 import logging
-import os
-import platform
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar
@@ -57,119 +52,33 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.model.compiler import CompileMode, cxx_compiler_available, resolve_compile
+from app.model.device import (
+    PrecisionMode,
+    autocast_context,
+    configure_cpu_threads,
+    require_usable,
+    resolve_autocast,
+)
+from app.model.memory import cpu_memory_retained, set_cpu_memory_retention
+
+__all__ = [
+    "AutocastMode",
+    "CompileMode",
+    "InferenceRunner",
+    "configure_cpu_threads",
+    "cpu_memory_retained",
+    "cxx_compiler_available",
+    "resolve_autocast",
+    "resolve_compile",
+    "set_cpu_memory_retention",
+]
+
 log = logging.getLogger(__name__)
 
-AutocastMode = Literal["auto", "bf16", "fp16", "off"]
-CompileMode = bool | Literal["auto", "on", "off"]
+AutocastMode = PrecisionMode
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-def resolve_autocast(device: torch.device, mode: AutocastMode | torch.dtype | None) -> torch.dtype | None:
-    """The autocast dtype for ``device``: ``None`` means plain float32.
-
-    ``"auto"``: bfloat16 on a CUDA device that supports it, float16 on older CUDA devices, float32 on CPU.
-    ``"bf16"``/``"fp16"`` force that dtype (bf16 on CPU is allowed but emulated and slow without AVX-512-BF16).
-    """
-    if mode is None or mode == "off":
-        return None
-    if isinstance(mode, torch.dtype):
-        if mode not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast dtype must be bfloat16 or float16, not {mode}")
-        return mode
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    if mode != "auto":
-        raise ValueError(f"unknown autocast mode {mode!r}")
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def cxx_compiler_available() -> bool:
-    """Whether inductor's CPU backend can find a C++ compiler (``$CXX``, ``g++``, ``c++`` or ``clang++``)."""
-    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    return any(c and shutil.which(c) for c in candidates)
-
-
-def resolve_compile(device: torch.device, mode: CompileMode) -> bool:
-    """Whether to wrap the model in ``torch.compile``: ``"auto"`` = on a CPU device with a C++ compiler (measured
-    1.2-1.7x faster there); off on CUDA, where CUDA graphs remove the launch overhead and inductor has not been
-    measured by this project. ``True``/``"on"`` and ``False``/``"off"`` force it."""
-    if mode is True or mode == "on":
-        return True
-    if mode is False or mode == "off":
-        return False
-    if mode != "auto":
-        raise ValueError(f"unknown compile mode {mode!r}")
-    return device.type == "cpu" and cxx_compiler_available()
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
-_GLIBC_DEFAULT_MMAP_MAX, _GLIBC_DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
-_KEEP_FREED_BYTES = 2**31 - 1  # mallopt takes an int
-_retaining = False
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def set_cpu_memory_retention(retain: bool) -> bool:
-    """Process-wide glibc malloc policy for the CPU forward pass. Returns False where it does not apply (not glibc).
-
-    By default glibc serves every allocation above 32 MB with a fresh ``mmap`` and returns it with ``munmap`` on
-    free, so each forward pass page-faults its ~1-2 GB of activations in again (zero-filled by the kernel).
-    ``retain=True`` serves them from the heap and keeps freed memory for the next pass (PyTorch's CPU tuning
-    guide recommends jemalloc/tcmalloc for the same reason; this is the glibc equivalent, no extra library).
-    Measured on the 2-core EPYC, paper model 32x256x256, three alternating process pairs: compiled forward
-    8.45-8.80 s -> 7.97-8.19 s; eager 10.9 -> 9.0 s. The cost: the process keeps its peak memory (the service's
-    RSS stays at its high-water mark). ``retain=False`` restores glibc's defaults and releases what it can.
-    It also limits glibc to one arena, because per-thread arenas ``mmap`` large blocks regardless: call it before
-    the process starts threads (``python -m app serve`` does, first thing), or threads that already own an arena
-    keep the default behaviour.
-    """
-    global _retaining
-    libc = _glibc()
-    if libc is None:
-        return False
-    if retain:
-        # one arena: glibc's per-thread arenas mmap large blocks whatever M_MMAP_MAX says, and the service runs the
-        # model on a worker thread
-        ok = (libc.mallopt(_M_ARENA_MAX, 1) and libc.mallopt(_M_MMAP_MAX, 0)
-              and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES))
-    else:
-        ok = (libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
-              and libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM_THRESHOLD) and libc.mallopt(_M_ARENA_MAX, 0))
-        libc.malloc_trim(0)
-    _retaining = bool(retain and ok)
-    return bool(ok)
-
-
-def cpu_memory_retained() -> bool:
-    """Whether :func:`set_cpu_memory_retention` (True) is in effect in this process."""
-    return _retaining
-
-
-def configure_cpu_threads(num_threads: int | None) -> int:
-    """Set torch's intra-op thread count (``None`` keeps the current one) and return the count in effect.
-
-    PyTorch defaults to the number of physical cores, which measured best here; more threads than cores only
-    adds contention. Inter-op parallelism is not used by this model (a single chain of convolutions).
-    """
-    if num_threads is not None:
-        if num_threads < 1:
-            raise ValueError("num_threads must be >= 1")
-        torch.set_num_threads(int(num_threads))
-    return torch.get_num_threads()
 
 
 class InferenceRunner:
@@ -182,12 +91,12 @@ class InferenceRunner:
     Args:
         model: the network; it is put in eval mode and moved to ``device`` (in place, as ``nn.Module.to`` does).
         device: ``torch.device`` or a string such as ``"cpu"`` / ``"cuda:0"``.
-        channels_last: use ``torch.channels_last_3d`` for weights and input; ``"auto"`` (default) = on CUDA only.
-            Measured on the 2-core AVX2 EPYC CPU, idle, best of 5 (bench/run.py and a direct trial, 2026-11-27):
-            NCDHW is faster there (paper model 32x256x256: 9.3 s vs 10.3 s; demo weights 32x96x96: 0.45 s vs
-            0.49 s); an earlier 2x in favour of channels-last was an artefact of a contended machine.
-        autocast: see :func:`resolve_autocast` (default ``"auto"``: bf16 on CUDA, float32 on CPU).
-        compile: wrap the model in ``torch.compile`` (inductor, freezing); see :func:`resolve_compile`. The first
+        channels_last: use ``torch.channels_last_3d`` for weights and input; ``"auto"`` (default) = on CUDA only
+            (NCDHW is faster on the project's CPU reference machine, bench/README.md).
+        autocast: see :func:`app.model.device.resolve_autocast` (default ``"auto"``: bf16 on CUDA, float32 on
+            CPU).
+        compile: wrap the model in ``torch.compile`` (inductor, freezing); see
+            :func:`app.model.compiler.resolve_compile`. The first
             pass per input shape compiles; a failed compilation falls back to eager (logged, :meth:`describe`).
         cuda_graphs: capture and replay the forward pass as a CUDA graph (ignored on CPU).
         num_threads: CPU intra-op threads (``None``: leave torch's setting).
@@ -204,9 +113,7 @@ class InferenceRunner:
         cuda_graphs: bool = False,
         num_threads: int | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device} requested but CUDA is not available")
+        self.device = require_usable(torch.device(device))
         self.channels_last = self.device.type == "cuda" if channels_last == "auto" else bool(channels_last)
         self.autocast_dtype = resolve_autocast(self.device, autocast)
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
@@ -297,17 +204,9 @@ class InferenceRunner:
         # for C == 1, NCDHW and NDHWC hold the same bytes; this only changes strides (no copy)
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.autocast_dtype is None:
-            yield
-        else:
-            with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
-                yield
-
     def _device_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass on a device tensor (N=1). Returns (prob (D,H,W) float32, cls prob () float32) on device."""
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast_context(self.device, self.autocast_dtype):
             seg, cls = self._compiled_forward(x) if self.compiled else self.model(x)
         with torch.inference_mode():
             prob = torch.sigmoid(seg[0, 0].float()).contiguous()

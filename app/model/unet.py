@@ -89,8 +89,8 @@ class DualOutputUNet3D(nn.Module):
         size = torch.log1p(p.sum(dim=(2, 3, 4)) / 1000.0)
         return torch.cat([g, mean, peak, size], dim=1)
 
-    def forward(self, x: torch.Tensor, with_aux: bool = False):
-        """``(seg_logits, cls_logits)``, or ``(seg_logits, cls_logits, aux_logits or None)`` with ``with_aux``."""
+    def backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder, bridge and decoder: ``(bridge features (N, bridge_width, D/4, H/4, W/4), seg_logits)``."""
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -100,12 +100,18 @@ class DualOutputUNet3D(nn.Module):
         for up, dec in zip(self.up, self.decoder, strict=True):
             y = up(y)
             y = dec(torch.cat([y, skips.pop()], dim=1))
-        seg = self.seg_head(y)
+        return bridge, self.seg_head(y)
+
+    def classify(self, bridge: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The classification branch on the bridge: ``(cls_logits (N, 1), aux_logits (N, aux_outputs) or None)``."""
         c = self.cls_dropout(self._pooled(bridge, seg))
-        cls = self.cls_head(c)
-        if not with_aux:
-            return seg, cls
-        return seg, cls, self.aux_head(c) if self.aux_head is not None else None
+        return self.cls_head(c), self.aux_head(c) if self.aux_head is not None else None
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        """``(seg_logits, cls_logits)``, or ``(seg_logits, cls_logits, aux_logits or None)`` with ``with_aux``."""
+        bridge, seg = self.backbone(x)
+        cls, aux = self.classify(bridge, seg)
+        return (seg, cls, aux) if with_aux else (seg, cls)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

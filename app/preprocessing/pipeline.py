@@ -14,8 +14,8 @@ Order of operations (all parameters from :class:`~app.preprocessing.plans.Plans`
    also get ``plans.background_hu`` (0 HU by default: see ``Plans.background_hu``). The brain mask is resampled
    with nearest neighbour. Only the input voxels covering the field of view (plus 8 voxels) are touched, and
    when the input and the model grid share one direction matrix (the usual axial case) the cubic B-spline is
-   evaluated as three separable sparse 1D passes after scipy's B-spline prefilter: numerically SimpleITK's
-   ``sitkBSpline`` (same mirror boundary and inside-buffer rule; see the tests), ~10x faster. Otherwise
+   evaluated as three separable sparse 1D passes (:mod:`app.preprocessing.bspline`): numerically SimpleITK's
+   ``sitkBSpline`` (same mirror boundary and inside-buffer rule; see the tests) and much faster. Otherwise
    ``sitk.Resample`` does it;
 5. window to ``plans.window_hu`` (default 0-100 HU);
 6. z-score with the mean and SD of the windowed values inside the brain mask on the model grid (the brain
@@ -31,21 +31,21 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
 import SimpleITK as sitk
-from scipy import ndimage
 
 from app.errors import IngestionError, RefusalCode
+from app.preprocessing.bspline import same_direction, separable_bspline_resample
 from app.preprocessing.plans import Plans
 from app.preprocessing.skull_strip import brain_mask
+
+#: the old name of :func:`app.preprocessing.bspline.separable_bspline_resample`
+_separable_bspline_resample = separable_bspline_resample
 
 #: input voxels kept around the field of view when cropping before the B-spline resampling; the cubic
 #: B-spline prefilter's influence decays as 0.268**n, so 8 voxels make the crop numerically invisible (< 3e-5)
 _CROP_MARGIN_VOXELS = 8
 
 _INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear}
-#: direction cosines closer than this are treated as equal (the separable B-spline path applies)
-_SAME_DIRECTION_ATOL = 1e-6
 
 
 @dataclass
@@ -128,69 +128,6 @@ def _crop_to_grid(image: sitk.Image, grid: sitk.Image, margin: int) -> sitk.Imag
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
-def _cubic_bspline(x: np.ndarray) -> np.ndarray:
-    """Centred cubic B-spline basis function beta3(x)."""
-    ax = np.abs(x)
-    return np.where(ax < 1.0, 2.0 / 3.0 - ax**2 + 0.5 * ax**3, np.where(ax < 2.0, (2.0 - ax) ** 3 / 6.0, 0.0))
-
-
-def _axis_weights(t: np.ndarray, n_in: int) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
-    """Sparse (n_out, n_in) cubic B-spline evaluation matrix for continuous input indices ``t``.
-
-    Taps beyond the edges are mirrored (d c b | a b c d | c b a), the boundary condition of both ITK's and
-    scipy's B-spline decomposition. Rows of points outside [-0.5, n_in - 0.5] (ITK's inside-buffer rule) are
-    zero; the second return value marks the valid rows.
-    """
-    valid = (t >= -0.5) & (t <= n_in - 0.5)
-    j0 = np.floor(t).astype(np.int64) - 1
-    taps = j0[:, None] + np.arange(4)[None, :]
-    weights = _cubic_bspline(t[:, None] - taps) * valid[:, None]
-    if n_in == 1:
-        taps = np.zeros_like(taps)
-    else:
-        period = 2 * (n_in - 1)
-        taps = np.abs(np.mod(taps, period))
-        taps = np.where(taps > n_in - 1, period - taps, taps)
-    rows = np.repeat(np.arange(t.size), 4)
-    matrix = scipy.sparse.coo_matrix(
-        (weights.ravel().astype(np.float32), (rows, taps.ravel())), shape=(t.size, n_in)
-    ).tocsr()  # duplicate (mirrored) taps are summed
-    return matrix, valid
-
-
-def _separable_bspline_resample(
-    image: sitk.Image, values: np.ndarray, grid: sitk.Image, background: float
-) -> np.ndarray:
-    """Cubic B-spline resampling of ``values`` (z, y, x on ``image``'s grid) onto ``grid`` when both share one
-    direction matrix: the index mapping is then separable, so the interpolation is three sparse 1D passes
-    (4 taps each) after scipy's cubic B-spline prefilter. Numerically equivalent to
-    ``sitk.Resample(..., sitk.sitkBSpline)`` (same mirror boundary, same inside-buffer rule) and ~10x faster.
-    """
-    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    offset = d.T @ (np.asarray(grid.GetOrigin()) - np.asarray(image.GetOrigin()))  # along the image axes, mm
-    coeffs = ndimage.spline_filter(values, order=3, mode="mirror", output=np.float32)
-    nz, ny, nx = coeffs.shape
-    out_x, out_y, out_z = grid.GetSize()
-    mats, valids = [], []
-    for axis, n_out, n_in in ((0, out_x, nx), (1, out_y, ny), (2, out_z, nz)):
-        t = (offset[axis] + np.arange(n_out) * grid.GetSpacing()[axis]) / image.GetSpacing()[axis]
-        mat, valid = _axis_weights(t, n_in)
-        mats.append(mat)
-        valids.append(valid)
-    wx, wy, wz = mats
-    a = (wx @ coeffs.reshape(-1, nx).T).T.reshape(nz, ny, out_x)  # x pass
-    a = np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, ny)  # (z, x, y)
-    a = (wy @ a.T).T.reshape(nz, out_x, out_y).transpose(0, 2, 1)  # y pass -> (z, y, x)
-    a = (wz @ np.ascontiguousarray(a).reshape(nz, -1)).reshape(out_z, out_y, out_x)  # z pass
-    inside = valids[2][:, None, None] & valids[1][None, :, None] & valids[0][None, None, :]
-    a[~inside] = background
-    return a.astype(np.float32, copy=False)
-
-
-def _same_direction(a: sitk.Image, b: sitk.Image) -> bool:
-    return bool(np.allclose(a.GetDirection(), b.GetDirection(), atol=_SAME_DIRECTION_ATOL))
-
-
 def preprocess(image: sitk.Image, plans: Plans | None = None) -> PreprocessedCase:
     """Turn an HU volume into the model's input tensor, exactly as the plans say (see the module docstring).
 
@@ -216,8 +153,8 @@ def preprocess(image: sitk.Image, plans: Plans | None = None) -> PreprocessedCas
         sitk.GetArrayViewFromImage(hu_crop),
         np.float32(plans.background_hu),
     ).astype(np.float32, copy=False)
-    if plans.interpolation == "bspline" and _same_direction(hu_crop, grid):
-        tensor = _separable_bspline_resample(hu_crop, stripped, grid, plans.background_hu)
+    if plans.interpolation == "bspline" and same_direction(hu_crop, grid):
+        tensor = separable_bspline_resample(hu_crop, stripped, grid, plans.background_hu)
     else:
         stripped_image = sitk.GetImageFromArray(stripped)
         stripped_image.CopyInformation(hu_crop)

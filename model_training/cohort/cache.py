@@ -8,6 +8,10 @@ fingerprint and of the identity (resolved path, size, modification time) of ever
 plans or of any input file produces a new entry and stale entries are never read. Writes are atomic.
 
 Arrays: ``tensor`` float32 (D, H, W) = plans.matrix_zyx (z-y-x), ``mask`` uint8 (D, H, W) on the same grid.
+
+The default cache directory is in the user's cache directory
+(:func:`model_training.cohort.cache_dir.default_cache_dir`), not in the working directory, so that a checkout
+never accumulates untracked cache files.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from app.preprocessing.plans import Plans
+from model_training.cohort.cache_dir import default_cache_dir
 from model_training.cohort.manifest import CaseRecord
+
+__all__ = ["NIFTI_SUFFIXES", "CachedCase", "build_cache", "cache_key", "cache_path", "default_cache_dir",
+           "load_cached", "preprocess_case", "read_image_hu"]
 
 log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")

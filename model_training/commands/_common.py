@@ -8,14 +8,16 @@ import logging
 import os
 from pathlib import Path
 
+from model_training.cohort.cache_dir import default_cache_dir
 from model_training.cohort.manifest import PAPER_CUTOFF
 
-DEFAULT_CACHE = Path(os.environ.get("ICH_CACHE_DIR", ".cache/preprocessed"))
+DEFAULT_CACHE = Path(os.environ["ICH_CACHE_DIR"]) if "ICH_CACHE_DIR" in os.environ else default_cache_dir()
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="preprocessed-tensor cache (default: $ICH_CACHE_DIR or .cache/preprocessed)")
+                   help="preprocessed-tensor cache (default: $ICH_CACHE_DIR, else "
+                   "$XDG_CACHE_HOME/ich-expansion/preprocessed or ~/.cache/ich-expansion/preprocessed)")
     p.add_argument("--preprocess-workers", type=int, default=None, help="processes for the first preprocessing pass")
     p.add_argument("--inclusive-label", action="store_true",
                    help="derive missing labels with >= (supplement) instead of > (main text)")

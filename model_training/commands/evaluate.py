@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from app.model.device import PRECISION_MODES
 from model_training.commands._common import add_data_options, setup_logging
 
 
@@ -30,10 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--image-column", choices=("image", "image_nifti"), default="image",
                    help="predict the manifest's image (default) or its NIfTI copy where the row has one")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+    p.add_argument("--amp", choices=PRECISION_MODES, default="auto",
                    help="with --weights: mixed precision on CUDA, as the service's ICH_AMP (default auto)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="off",
                    help="with --weights: torch.compile the model as the service's ICH_COMPILE (default off)")
+    p.add_argument("--model-card", action="store_true",
+                   help="with --weights: write the report into the weights' MODEL_CARD.md (section per manifest)")
     p.add_argument("--ci-method", choices=("wilson_cc", "wilson", "exact"), default=None,
                    help="95%% CI of proportions: wilson_cc (R prop.test, as the paper; default with --run), "
                    "wilson (default with --weights), exact (Clopper-Pearson)")
@@ -59,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
                               amp=args.amp, compile=args.compile, image_column=args.image_column,
                               inclusive=args.inclusive_label, ci_method=args.ci_method or "wilson",
                               progress=not args.no_progress)
+    if args.model_card:
+        from model_training.calibration import write_evaluation_to_card
+
+        write_evaluation_to_card(args.weights, args.version, args.manifest, args.out)
     e, d, s = report["expansion"], report["detection"], report["segmentation"]
     print(json.dumps({"report": str(args.out), "model": report["model"], "n": report["n"],
                       "sensitivity": d["sensitivity"]["estimate"], "specificity": d["specificity"]["estimate"],

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from app import ingestion
 from app.errors import IngestionError, RefusalCode
 from app.ingestion.types import IngestedSeries, SourceSlice
+from app.model.device import PrecisionMode
 from app.volumetry import volume_ml
 from model_training.cohort.cache import NIFTI_SUFFIXES, read_image_hu
 from model_training.cohort.manifest import CaseRecord, read_manifest
@@ -187,6 +188,8 @@ def predict_case(predictor: Any, case: EvaluationCase) -> dict[str, Any]:
         "ivh": ivh_present,
         "ivh_voxels": ivh_voxels,
         "ivh_in_mask_fraction": ivh_fraction,
+        "network_probability": _opt(getattr(result, "network_probability", None)),
+        **{f"clot_{k}": float(v) for k, v in getattr(result, "clot_features", {}).items()},
         "seconds": round(time.perf_counter() - t0, 3),
     })
     return row
@@ -215,7 +218,7 @@ def evaluate_weights(
     out_dir: str | Path,
     *,
     device: str = "auto",
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto",
+    amp: PrecisionMode = "auto",
     compile: Literal["auto", "on", "off"] | bool = False,
     image_column: ImageColumn = "image",
     inclusive: bool = False,

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from app.model.device import device_name
 from model_training.cohort.cache import cache_path
 from model_training.cohort.manifest import CaseRecord
-from model_training.training.distributed import resolve_device
 from model_training.training.evaluation_run import load_run_model
+from model_training.training.prediction import predict_cached
 from model_training.training.presets import Preset
-from model_training.training.trainer import TrainOptions, fit, predict_cached
+from model_training.training.trainer import TrainOptions, fit
 
 
 def stratified_holdout(
@@ -90,7 +91,7 @@ def cross_validate(
         res = fit(tr, preset, out_dir / f"fold_{k + 1}", options, val_cases=va, manifest_info=manifest_info)
         if not res.completed:
             raise RuntimeError(f"fold {k + 1} stopped before the last epoch")
-        device = resolve_device(options.device)
+        device = device_name(options.device)
         model, _, _ = load_run_model(res.run_dir, device)
         preds = predict_cached(model, [cache_path(options.cache_dir, c, plans) for c in va], [c.case_id for c in va],
                                [c.label for c in va], plans.mask_threshold, device)

@@ -2,7 +2,8 @@
 
 ``torchrun --nproc_per_node=4 -m model_training train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 :func:`init_distributed` reads them, joins the process group (NCCL on CUDA, Gloo on CPU) and pins each process
-to its local GPU. Without those variables it returns a single-process environment and nothing is initialised.
+to its local GPU (device selection: :func:`app.model.device.device_name`). Without those variables it returns a
+single-process environment and nothing is initialised.
 Rank 0 alone writes files (checkpoints, metrics, weights).
 """
 
@@ -13,6 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from app.model.device import device_name
+
+#: the old name of :func:`app.model.device.device_name` (``"cuda"`` = the local GPU ``cuda:<local_rank>``)
+resolve_device = device_name
 
 
 @dataclass(frozen=True)
@@ -31,21 +37,12 @@ class DistEnv:
         return self.world_size > 1
 
 
-def resolve_device(requested: str | None, local_rank: int = 0) -> str:
-    """``"auto"``/None -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
-    if requested in (None, "auto"):
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        return f"cuda:{local_rank}"
-    return requested
-
-
 def init_distributed(device: str | None = "auto") -> DistEnv:
     """Join the torchrun process group if ``WORLD_SIZE`` > 1, else return the single-process environment."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local)
+    dev = device_name(device, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.startswith("cuda") else "gloo"
         if dev.startswith("cuda"):

@@ -2,7 +2,7 @@
 test cases through the serving path and build the paper's Table 2 and the serving-path report from them.
 
 Development (training + validation) cases are predicted with the fast cached path
-(:func:`model_training.training.trainer.predict_cached`, model grid; tests/test_evaluation_serving_path.py shows
+(:func:`model_training.training.prediction.predict_cached`, model grid; tests/test_evaluation_serving_path.py shows
 it equals the serving path), only to fix the threshold. Test cases go through
 :func:`model_training.evaluation.serving_path.predict_cases`: ingestion as the service does it,
 :class:`app.inference.Predictor` with the run's model and that threshold, Dice on the original (analysis) grid.
@@ -24,15 +24,15 @@ import numpy as np
 from safetensors.torch import load_file
 
 from app.model.config import ModelConfig
+from app.model.device import device_name
 from app.model.unet import DualOutputUNet3D
 from app.preprocessing.plans import Plans
 from app.weights.registry import LoadedWeights, sha256_file
-from model_training.cohort.cache import build_cache, cache_path
+from model_training.cohort.cache import build_cache, cache_path, default_cache_dir
 from model_training.cohort.manifest import CaseRecord, fill_baseline_volumes, read_manifest
 from model_training.evaluation.serialization import json_safe
 from model_training.evaluation.serving_path import ImageColumn
-from model_training.training.distributed import resolve_device
-from model_training.training.trainer import predict_cached
+from model_training.training.prediction import predict_cached
 
 
 def load_run_model(run_dir: Path, device: str = "cpu") -> tuple[DualOutputUNet3D, Plans, dict[str, Any]]:
@@ -76,7 +76,7 @@ def evaluate_run(
     manifest_path: Path,
     out_dir: Path,
     *,
-    cache_dir: Path = Path(".cache/preprocessed"),
+    cache_dir: Path | None = None,
     device: str = "auto",
     preprocess_workers: int | None = None,
     inclusive: bool = False,
@@ -100,7 +100,8 @@ def evaluate_run(
     from model_training.evaluation.serving_report import write_serving_report
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    device = resolve_device(device)
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    device = device_name(device)
     model, plans, config = load_run_model(run_dir, device)
     manifest = fill_baseline_volumes(read_manifest(manifest_path, inclusive=inclusive))
     by_id = manifest.by_id()

@@ -18,15 +18,11 @@ autotuning is on unless ``deterministic`` is set.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import platform
 import random
-import subprocess
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,28 +30,49 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from app.model.device import training_autocast
 from app.model.unet import DualOutputUNet3D, count_parameters
 from app.preprocessing.plans import Plans
 from model_training.augmentation import AugmentationPlan, augment_batch
-from model_training.cohort.cache import build_cache, cache_path
+from model_training.cohort.cache import build_cache, cache_path, default_cache_dir
 from model_training.cohort.manifest import CaseRecord
+from model_training.training.checkpoints import (
+    KEEP_CHECKPOINTS,
+    latest_checkpoint,
+    load_checkpoint,
+    load_init_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from model_training.training.data import CachedCaseDataset, aux_targets, class_pos_weight
 from model_training.training.distributed import DistEnv, all_reduce_mean, barrier, cleanup, init_distributed
-from model_training.training.losses import dual_loss, hard_dice
-from model_training.training.presets import Preset
+from model_training.training.losses import dual_loss
+from model_training.training.prediction import auc_or_none, predict_cached
+from model_training.training.presets import Preset, Schedule
+from model_training.training.run_files import (
+    METRIC_FIELDS,
+    git_commit,
+    hardware_description,
+    run_config,
+    write_metrics,
+)
+
+__all__ = ["KEEP_CHECKPOINTS", "METRIC_FIELDS", "CachedCaseDataset", "FitResult", "TrainOptions", "aux_targets",
+           "class_pos_weight", "fit", "git_commit", "hardware_description", "latest_checkpoint", "load_init_weights",
+           "predict_cached", "seed_everything"]
 
 log = logging.getLogger(__name__)
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_dice_loss", "train_bce", "val_dice", "val_auc", "seconds")
-KEEP_CHECKPOINTS = 2
 
 
 @dataclass
 class TrainOptions:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    cache_dir: Path = Path(".cache/preprocessed")
+    cache_dir: Path = field(default_factory=default_cache_dir)  # the user's cache directory
     loader_workers: int = 0
     preprocess_workers: int | None = None
     resume: bool = False
@@ -76,230 +93,12 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def git_commit(repo_dir: Path | None = None) -> str | None:
-    """The checked-out commit of the project (None outside a git checkout); "+dirty" when files changed."""
-    cwd = repo_dir or Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("+dirty" if dirty else "") if sha else None
-
-
-def hardware_description(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        idx = torch.device(device).index or 0
-        return f"{torch.cuda.get_device_name(idx)} (CUDA {torch.version.cuda})"
-    import os
-
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-
-
 def seed_everything(seed: int, deterministic_cpu: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic_cpu:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-class CachedCaseDataset(Dataset):
-    """Cached cases x ``aug_copies``; every item carries its augmentation ``theta`` (applied on the device).
-
-    Items: ``image`` float32 (1, D, H, W), ``mask`` float32 (1, D, H, W), ``label`` float32 scalar (-1: no
-    expansion label, a head without haematoma), ``aux`` float32 (n_aux,) auxiliary targets (-1 unknown),
-    ``theta`` float32 (3, 4), ``augmented`` bool, ``index`` int (case index).
-    """
-
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int | None], plans: Plans,
-                 aug: AugmentationPlan | None, aux: Sequence[Sequence[float]] | None = None):
-        self.paths = [Path(p) for p in paths]
-        self.labels = [-1 if v is None else int(v) for v in labels]
-        self.aux = [list(a) for a in aux] if aux is not None else [[] for _ in self.paths]
-        self.fov = tuple(float(f) for f in plans.fov_mm_zyx)
-        self.aug = aug
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.paths) * (self.aug.aug_copies if self.aug else 1)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        n = len(self.paths)
-        case, copy = (self.aug.decode(i, n) if self.aug else (i, 0))
-        with np.load(self.paths[case]) as z:
-            image = torch.from_numpy(np.ascontiguousarray(z["tensor"], dtype=np.float32))[None]
-            mask = torch.from_numpy(np.ascontiguousarray(z["mask"], dtype=np.float32))[None]
-        augmented = bool(self.aug and self.aug.is_augmented(copy))
-        if augmented:
-            theta = torch.from_numpy(self.aug.theta_for(self.epoch, case, copy, self.fov)).float()  # type: ignore[union-attr]
-        else:
-            theta = torch.eye(3, 4)
-        return {
-            "image": image,
-            "mask": mask,
-            "label": torch.tensor(float(self.labels[case])),
-            "aux": torch.tensor(self.aux[case], dtype=torch.float32),
-            "theta": theta,
-            "augmented": torch.tensor(augmented),
-            "index": case,
-        }
-
-
-def _autocast(device: str, enabled: bool) -> tuple[Any, torch.dtype | None]:
-    if not (enabled and device.startswith("cuda")):
-        return nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
-
-
-@torch.no_grad()
-def predict_cached(
-    model: DualOutputUNet3D,
-    paths: Sequence[Path],
-    case_ids: Sequence[str],
-    labels: Sequence[int],
-    threshold: float,
-    device: str,
-    amp: bool = False,
-) -> list[dict[str, Any]]:
-    """Predict cached cases: expansion probability and mask Dice (at ``threshold``) on the model grid."""
-    model.eval()
-    out = []
-    for p, cid, y in zip(paths, case_ids, labels, strict=True):
-        with np.load(p) as z:
-            x = torch.from_numpy(np.ascontiguousarray(z["tensor"], dtype=np.float32))[None, None].to(device)
-            mask = z["mask"].astype(bool)
-        ctx, _ = _autocast(device, amp)
-        with ctx:
-            seg, cls = model(x)
-        prob_map = torch.sigmoid(seg.float())[0, 0].cpu().numpy()
-        prob = float(torch.sigmoid(cls.float()).reshape(-1)[0].cpu())
-        out.append({
-            "case_id": cid,
-            "label": None if y is None else int(y),
-            "probability": prob,
-            "dice": hard_dice(prob_map >= threshold, mask),
-            "predicted_voxels": int((prob_map >= threshold).sum()),
-            "true_voxels": int(mask.sum()),
-        })
-    return out
-
-
-def _auc_or_none(labels: Sequence[int | None], scores: Sequence[float]) -> float | None:
-    pairs = [(y, s) for y, s in zip(labels, scores, strict=True) if y is not None]
-    labels, scores = [y for y, _ in pairs], [s for _, s in pairs]
-    if len(set(labels)) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def aux_targets(case: CaseRecord, n_aux: int) -> list[float]:
-    """Auxiliary targets of a case: the NCCT markers and intraventricular extension (MARKER_FLAGS order) of a
-    case with a haematoma, -1 where unknown (a head without haematoma, or a marker the manifest leaves empty)."""
-    from model_training.ncct_markers import MARKER_FLAGS
-
-    if n_aux == 0:
-        return []
-    if n_aux != len(MARKER_FLAGS):
-        raise ValueError(f"aux_outputs must be 0 or {len(MARKER_FLAGS)} (the markers {', '.join(MARKER_FLAGS)})")
-    if not case.has_haematoma:
-        return [-1.0] * n_aux
-    return [-1.0 if case.markers.get(m) is None else float(case.markers[m]) for m in MARKER_FLAGS]
-
-
-def class_pos_weight(setting: float | str | None, labels: Sequence[int | None]) -> float | None:
-    """The positive-class weight of the classification loss: ``"balanced"`` = negatives / positives of the
-    labelled training cases."""
-    if setting != "balanced":
-        return None if setting is None else float(setting)
-    known = [y for y in labels if y is not None]
-    pos = sum(known)
-    return float((len(known) - pos) / pos) if pos else None
-
-
-def load_init_weights(model: DualOutputUNet3D, path: Path) -> list[str]:
-    """Start from ``path`` (safetensors): every tensor whose name and shape match is copied; the names of the
-    model's tensors left at their initialisation (a changed classification head) are returned and logged."""
-    from safetensors.torch import load_file
-
-    source = load_file(str(path))
-    own = model.state_dict()
-    taken = {k: v for k, v in source.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    if not taken:
-        raise ValueError(f"{path}: no tensor matches the architecture of the preset")
-    model.load_state_dict(taken, strict=False)
-    fresh = sorted(set(own) - set(taken))
-    if fresh:
-        log.info("initialised from %s; new (not loaded): %s", path, ", ".join(fresh))
-    return fresh
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((Path(run_dir) / "checkpoints").glob("epoch_*.pt"))
-    return ckpts[-1] if ckpts else None
-
-
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    with open(run_dir / "metrics.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
-
-
-def _init_weights_info(path: Path | None) -> dict[str, str] | None:
-    """Provenance of the starting weights of a fine-tuning run (path and sha256), or None."""
-    if path is None:
-        return None
-    import hashlib
-
-    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
-
-
-def _run_config(
-    preset: Preset, plans: Plans, options: TrainOptions, manifest_info: dict[str, Any], n: dict[str, int]
-) -> dict[str, Any]:
-    return {
-        "preset": preset.model_dump(mode="json"),
-        "plans": plans.model_dump(mode="json"),
-        "plans_fingerprint": plans.fingerprint(),
-        "model_config": preset.model.model_dump(mode="json"),
-        "manifest": manifest_info,
-        "seed": options.seed,
-        "init_weights": _init_weights_info(options.init_weights),
-        "n_cases": n,
-    }
 
 
 def fit(
@@ -327,6 +126,50 @@ def fit(
         cleanup(env)
 
 
+@dataclass
+class _Run:
+    """The fixed inputs of one :func:`fit` call (rank, preset, cases, options, run directory)."""
+
+    env: DistEnv
+    preset: Preset
+    plans: Plans
+    options: TrainOptions
+    run_dir: Path
+    train_cases: list[CaseRecord]
+    val_cases: list[CaseRecord]
+    test_cases: list[CaseRecord]
+    config: dict[str, Any]
+    resume_from: Path | None
+
+    @property
+    def device(self) -> str:
+        return self.env.device
+
+    @property
+    def sched(self) -> Schedule:
+        return self.preset.schedule
+
+
+@dataclass
+class _State:
+    """What training changes: the data pipeline, model, optimiser and the progress of the run."""
+
+    dataset: CachedCaseDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    pos_weight: float | None
+    model: DualOutputUNet3D
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    n_params: int
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
 def _fit(
     env: DistEnv,
     train_cases: list[CaseRecord],
@@ -337,7 +180,31 @@ def _fit(
     test_cases: list[CaseRecord],
     manifest_info: dict[str, Any],
 ) -> FitResult:
-    sched = preset.schedule
+    # the order of the steps fixes the order in which the RNGs are drawn: keep it (exact resume)
+    run = _start(env, train_cases, preset, run_dir, options, val_cases, test_cases, manifest_info)
+    _prepare_run_dir(run)
+    state = _build_model_and_optimiser(run, *_build_data(run))
+    if run.resume_from is not None:
+        _resume(run, state)
+    stop = run.sched.epochs if options.stop_after_epoch is None else min(run.sched.epochs, options.stop_after_epoch)
+    for epoch in range(state.start_epoch, stop):
+        t0 = time.perf_counter()
+        row = _train_one_epoch(run, state, epoch)
+        row["val_dice"], row["val_auc"] = _validate(run, state.model)
+        state.elapsed += time.perf_counter() - t0
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        state.history.append(row)
+        if env.is_main:
+            _checkpoint(run, state, epoch, row)
+        barrier(env)
+    return _finish(run, state)
+
+
+def _start(
+    env: DistEnv, train_cases: list[CaseRecord], preset: Preset, run_dir: Path, options: TrainOptions,
+    val_cases: list[CaseRecord], test_cases: list[CaseRecord], manifest_info: dict[str, Any],
+) -> _Run:
+    """Threads, seeds and cuDNN settings of this process; the run's config and the checkpoint to resume from."""
     plans = preset.plans()
     device = env.device
     if options.threads and not device.startswith("cuda"):
@@ -348,141 +215,168 @@ def _fit(
         torch.backends.cudnn.deterministic = options.deterministic
     if not train_cases:
         raise ValueError("no training cases")
-
-    config = _run_config(preset, plans, options, manifest_info,
-                         {"train": len(train_cases), "val": len(val_cases), "test": len(test_cases)})
-    ckpt_dir = run_dir / "checkpoints"
+    config = run_config(preset, plans, options.seed, options.init_weights, manifest_info,
+                        {"train": len(train_cases), "val": len(val_cases), "test": len(test_cases)})
     resume_from = latest_checkpoint(run_dir) if options.resume else None
-    if env.is_main:
+    return _Run(env, preset, plans, options, run_dir, train_cases, val_cases, test_cases, config, resume_from)
+
+
+def _prepare_run_dir(run: _Run) -> None:
+    """Rank 0: check a resumed run's config (or refuse to overwrite checkpoints), write config.json and the split
+    ids, and preprocess the cases into the cache (a process pool; later epochs read the cache)."""
+    if run.env.is_main:
+        options, run_dir = run.options, run.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = run_dir / "config.json"
         if options.resume and cfg_path.exists():
             old = json.loads(cfg_path.read_text())
             for key in ("preset", "plans", "model_config", "manifest", "seed", "n_cases"):
-                if old.get(key) != config[key]:
+                if old.get(key) != run.config[key]:
                     raise ValueError(f"--resume: {key} differs from the run in {run_dir} ({cfg_path.name})")
         elif not options.resume and latest_checkpoint(run_dir) is not None:
             raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume or use a new directory")
-        cfg_path.write_text(json.dumps(config, indent=2))
-        for name, cases in (("train", train_cases), ("val", val_cases), ("test", test_cases)):
+        cfg_path.write_text(json.dumps(run.config, indent=2))
+        for name, cases in (("train", run.train_cases), ("val", run.val_cases), ("test", run.test_cases)):
             (run_dir / f"{name}_ids.txt").write_text("".join(f"{c.case_id}\n" for c in cases))
-        # preprocessing (first pass) in a process pool; later epochs read the cache
-        build_cache(train_cases + val_cases, plans, options.cache_dir, options.preprocess_workers, options.progress)
-    barrier(env)
+        build_cache(run.train_cases + run.val_cases, run.plans, options.cache_dir, options.preprocess_workers,
+                    options.progress)
+    barrier(run.env)
 
-    train_paths = [cache_path(options.cache_dir, c, plans) for c in train_cases]
+
+def _build_data(run: _Run) -> tuple[CachedCaseDataset, DistributedSampler, DataLoader, float | None]:
+    """The augmented training dataset (with auxiliary targets), its per-rank sampler and loader, and the
+    positive-class weight of the classification loss."""
+    sched, options, cases = run.sched, run.options, run.train_cases
+    paths = [cache_path(options.cache_dir, c, run.plans) for c in cases]
     aug = AugmentationPlan(aug_copies=sched.aug_copies, include_original=sched.include_original, seed=options.seed)
-    aux = [aux_targets(c, preset.model.aux_outputs) for c in train_cases]
-    dataset = CachedCaseDataset(train_paths, [c.label for c in train_cases], plans, aug, aux)
-    pos_weight = class_pos_weight(sched.cls_pos_weight, [c.label for c in train_cases])
-    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+    aux = [aux_targets(c, run.preset.model.aux_outputs) for c in cases]
+    dataset = CachedCaseDataset(paths, [c.label for c in cases], run.plans, aug, aux)
+    pos_weight = class_pos_weight(sched.cls_pos_weight, [c.label for c in cases])
+    sampler = DistributedSampler(dataset, num_replicas=run.env.world_size, rank=run.env.rank, shuffle=True,
                                  seed=options.seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=sched.batch_size, sampler=sampler, num_workers=options.loader_workers,
-                        pin_memory=device.startswith("cuda"), drop_last=False)
+                        pin_memory=run.device.startswith("cuda"), drop_last=False)
+    return dataset, sampler, loader, pos_weight
 
-    model = DualOutputUNet3D(preset.model)
-    if options.init_weights is not None and resume_from is None:
-        load_init_weights(model, options.init_weights)
+
+def _build_model_and_optimiser(
+    run: _Run, dataset: CachedCaseDataset, sampler: DistributedSampler, loader: DataLoader, pos_weight: float | None
+) -> _State:
+    """The model (from ``init_weights`` unless resuming), DDP wrapper, Adam, the step schedule and the scaler."""
+    sched, device = run.sched, run.device
+    model = DualOutputUNet3D(run.preset.model)
+    if run.options.init_weights is not None and run.resume_from is None:
+        load_init_weights(model, run.options.init_weights)
     model = model.to(device)
     if sched.channels_last_3d:
         model = model.to(memory_format=torch.channels_last_3d)
     n_params = count_parameters(model)
     net: torch.nn.Module = model
-    if env.distributed:
+    if run.env.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.local_rank] if device.startswith("cuda") else None
+            model, device_ids=[run.env.local_rank] if device.startswith("cuda") else None
         )
     optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, weight_decay=sched.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(sched.milestones), gamma=sched.gamma)
-    _, amp_dtype = _autocast(device, sched.amp)
+    _, amp_dtype = training_autocast(device, sched.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return _State(dataset, sampler, loader, pos_weight, model, net, optimizer, scheduler, scaler, amp_dtype,
+                  n_params)
 
-    start_epoch, history, elapsed = 0, [], 0.0
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, history, elapsed = int(state["epoch"]) + 1, list(state["history"]), float(state["elapsed_s"])
-        if env.is_main:
-            log.info("resumed from %s at epoch %d", resume_from.name, start_epoch)
 
-    stop = sched.epochs if options.stop_after_epoch is None else min(sched.epochs, options.stop_after_epoch)
-    for epoch in range(start_epoch, stop):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        net.train()
-        lr = optimizer.param_groups[0]["lr"]
-        sums = np.zeros(3)
-        steps = 0
-        from tqdm import tqdm
+def _resume(run: _Run, state: _State) -> None:
+    """Load the newest checkpoint: weights, optimiser, schedule, scaler, RNG states, history and elapsed time."""
+    assert run.resume_from is not None
+    ckpt = load_checkpoint(run.resume_from, run.device)
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    state.start_epoch, state.history = int(ckpt["epoch"]) + 1, list(ckpt["history"])
+    state.elapsed = float(ckpt["elapsed_s"])
+    if run.env.is_main:
+        log.info("resumed from %s at epoch %d", run.resume_from.name, state.start_epoch)
 
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{sched.epochs}", disable=not (options.progress and env.is_main),
-                   unit="step", dynamic_ncols=True)
-        for batch in bar:
-            x = batch["image"].to(device, non_blocking=True)
-            m = batch["mask"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True)
-            x, m = augment_batch(x, m, batch["theta"], batch["augmented"])
-            if sched.channels_last_3d:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            ctx, _ = _autocast(device, sched.amp)
-            with ctx:
-                seg, cls, aux_logits = net(x, with_aux=True)
-            parts = dual_loss(seg, cls, m, y, sched.seg_weight, sched.cls_weight, pos_weight=pos_weight,
-                              aux_logits=aux_logits, aux_target=batch["aux"].to(device), aux_weight=sched.aux_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts.total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            sums += [parts.total.item(), parts.dice.item(), parts.bce.item()]
-            steps += 1
-            bar.set_postfix(loss=f"{sums[0] / steps:.4f}", lr=f"{lr:.2e}")
-        scheduler.step()
-        means = [all_reduce_mean(float(v) / max(steps, 1), env) for v in sums]
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": means[0], "train_dice_loss": means[1], "train_bce": means[2],
-            "val_dice": None, "val_auc": None,
-        }
-        if env.is_main and val_cases:
-            preds = predict_cached(model, [cache_path(options.cache_dir, c, plans) for c in val_cases],
-                                   [c.case_id for c in val_cases], [c.label for c in val_cases],
-                                   plans.mask_threshold, device, sched.amp)
-            row["val_dice"] = float(np.mean([p["dice"] for p in preds]))
-            row["val_auc"] = _auc_or_none([p["label"] for p in preds], [p["probability"] for p in preds])
-        elapsed += time.perf_counter() - t0
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        history.append(row)
-        if env.is_main:
-            ckpt_dir.mkdir(exist_ok=True)
-            state = {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": _rng_state(), "history": history, "elapsed_s": elapsed,
-            }
-            tmp = ckpt_dir / f"epoch_{epoch + 1:03d}.pt.tmp"
-            torch.save(state, tmp)
-            tmp.replace(ckpt_dir / f"epoch_{epoch + 1:03d}.pt")
-            for old in sorted(ckpt_dir.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
-                old.unlink()
-            _write_metrics(run_dir, history)
-            log.info("epoch %d: %s", epoch + 1, {k: v for k, v in row.items() if v is not None})
-        barrier(env)
 
-    completed = len(history) >= sched.epochs
-    if env.is_main and completed:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(run_dir / "model.safetensors"))
-        config.update({
-            "parameters": n_params, "training_seconds": round(elapsed, 1), "hardware": hardware_description(device),
-            "world_size": env.world_size, "amp_dtype": str(amp_dtype) if amp_dtype else None,
+def _train_one_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
+    """One pass over the sampler's share of the augmented training set; the metrics row (losses averaged over
+    the ranks; validation columns empty)."""
+    from tqdm import tqdm
+
+    sched, device = run.sched, run.device
+    state.sampler.set_epoch(epoch)
+    state.dataset.set_epoch(epoch)
+    state.net.train()
+    lr = state.optimizer.param_groups[0]["lr"]
+    sums = np.zeros(3)
+    steps = 0
+    bar = tqdm(state.loader, desc=f"epoch {epoch + 1}/{sched.epochs}", unit="step", dynamic_ncols=True,
+               disable=not (run.options.progress and run.env.is_main))
+    for batch in bar:
+        x = batch["image"].to(device, non_blocking=True)
+        m = batch["mask"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        x, m = augment_batch(x, m, batch["theta"], batch["augmented"])
+        if sched.channels_last_3d:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        ctx, _ = training_autocast(device, sched.amp)
+        with ctx:
+            seg, cls, aux_logits = state.net(x, with_aux=True)
+        parts = dual_loss(seg, cls, m, y, sched.seg_weight, sched.cls_weight, pos_weight=state.pos_weight,
+                          aux_logits=aux_logits, aux_target=batch["aux"].to(device), aux_weight=sched.aux_weight)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(parts.total).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        sums += [parts.total.item(), parts.dice.item(), parts.bce.item()]
+        steps += 1
+        bar.set_postfix(loss=f"{sums[0] / steps:.4f}", lr=f"{lr:.2e}")
+    state.scheduler.step()
+    means = [all_reduce_mean(float(v) / max(steps, 1), run.env) for v in sums]
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": means[0], "train_dice_loss": means[1],
+            "train_bce": means[2], "val_dice": None, "val_auc": None}
+
+
+def _validate(run: _Run, model: DualOutputUNet3D) -> tuple[float | None, float | None]:
+    """Rank 0 with a validation split: mean mask Dice (model grid) and AUC of the expansion probability."""
+    if not (run.env.is_main and run.val_cases):
+        return None, None
+    cases, plans = run.val_cases, run.plans
+    preds = predict_cached(model, [cache_path(run.options.cache_dir, c, plans) for c in cases],
+                           [c.case_id for c in cases], [c.label for c in cases], plans.mask_threshold, run.device,
+                           run.sched.amp)
+    return (float(np.mean([p["dice"] for p in preds])),
+            auc_or_none([p["label"] for p in preds], [p["probability"] for p in preds]))
+
+
+def _checkpoint(run: _Run, state: _State, epoch: int, row: dict[str, Any]) -> None:
+    """Rank 0, end of an epoch: the checkpoint (with the RNG states drawn so far) and metrics.csv."""
+    save_checkpoint(run.run_dir / "checkpoints", epoch, {
+        "epoch": epoch, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else {},
+        "rng": rng_state(), "history": state.history, "elapsed_s": state.elapsed,
+    })
+    write_metrics(run.run_dir, state.history)
+    log.info("epoch %d: %s", epoch + 1, {k: v for k, v in row.items() if v is not None})
+
+
+def _finish(run: _Run, state: _State) -> FitResult:
+    """After the last epoch, rank 0 writes model.safetensors and completes config.json."""
+    completed = len(state.history) >= run.sched.epochs
+    if run.env.is_main and completed:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.model.state_dict().items()},
+                  str(run.run_dir / "model.safetensors"))
+        run.config.update({
+            "parameters": state.n_params, "training_seconds": round(state.elapsed, 1),
+            "hardware": hardware_description(run.device), "world_size": run.env.world_size,
+            "amp_dtype": str(state.amp_dtype) if state.amp_dtype else None,
             "torch_version": torch.__version__, "git_commit": git_commit(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    barrier(env)
-    return FitResult(run_dir=run_dir, history=history, completed=completed, seconds=elapsed, parameters=n_params)
+        (run.run_dir / "config.json").write_text(json.dumps(run.config, indent=2))
+    barrier(run.env)
+    return FitResult(run_dir=run.run_dir, history=state.history, completed=completed, seconds=state.elapsed,
+                     parameters=state.n_params)

@@ -54,7 +54,7 @@ def test_every_object_alone(server: FaultServer, shared_data: Path) -> None:
 
 
 @pytest.mark.parametrize("folder", [
-    "GE",  # regression D6: no PatientBirthDate in the source (SEG build failed with a 500)
+    "GE",  # regression: SEG from anonymised headers (no PatientBirthDate in the source (SEG build failed with a 500)
     "Philips/S21570/S2010",
 ])
 def test_real_series(server: FaultServer, shared_data: Path, folder: str) -> None:

@@ -39,14 +39,15 @@ def test_oom_and_inference_failure_fail_only_that_request(server: FaultServer, c
         r = client.post("/v1/predictions", files=_files(canary_series))
         assert r.status_code == 500 and r.json()["code"] == "internal_error"  # a server fault, answered cleanly
         assert "injected" not in r.text  # internals are not echoed to the client
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:  # new connection: see D2
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:  # new connection: see the keep-alive test below
         assert client.post("/v1/predictions", files=_files(canary_series)).status_code == 200
         assert client.get("/health/ready").status_code == 200
 
 
 def test_keepalive_connection_survives_a_server_fault(server: FaultServer, canary_series: list[Path]) -> None:
-    """Regression D2: a 500 used to be re-raised to Starlette's ServerErrorMiddleware, and uvicorn then
-    dropped the keep-alive connection; the request_context middleware now answers it itself."""
+    """Regression: keep-alive survives an unexpected error. A 500 used to be re-raised to Starlette's
+    ServerErrorMiddleware, and uvicorn then dropped the keep-alive connection; the request_context middleware
+    now answers it itself."""
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         server.set_faults(error=1)
         assert client.post("/v1/predictions", files=_files(canary_series)).status_code == 500
@@ -91,7 +92,7 @@ def tampered_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tampered_weights_stop_startup(tampered_weights: Path, tmp_path: Path) -> None:
-    """Regression D3: tampered weights used to leave a live process that was never ready."""
+    """Regression: tampered weights stop start-up. They used to leave a live process that was never ready."""
     env = {**os.environ, "ICH_WEIGHTS_DIR": str(tampered_weights), "ICH_PORT": "0", "ICH_DEVICE": "cpu",
            "PYTHONPATH": str(ROOT)}
     try:

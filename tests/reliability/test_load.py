@@ -80,7 +80,7 @@ def test_overload_sheds_and_recovers(server: FaultServer, canary_series: list[Pa
 
 
 def test_readiness_reports_saturation(server: FaultServer, canary_series: list[Path]) -> None:
-    """Regression D4: /health/ready stayed 200 while every admission slot was taken."""
+    """Regression: readiness reports saturation (/health/ready stayed 200 while every admission slot was taken."""
     server.set_faults(delay_s=1.5)
     try:
         stats = asyncio.run(_load(server.base_url, _zip(canary_series), concurrency=2, total=2, deadline_s=60,

@@ -40,7 +40,7 @@ def test_canary_only_in_seg(server: FaultServer, canary_series: list[Path]) -> N
 
 
 def test_canary_never_in_server_log(server: FaultServer, canary_series: list[Path]) -> None:
-    """Regression D5 (pydicom warnings quoted element values into the log). Reads the whole session log, so it sees the fuzz campaign's damaged canary files too when run after it;
+    """Regression: no element values in logs (pydicom warnings quoted element values into the log). Reads the whole session log, so it sees the fuzz campaign's damaged canary files too when run after it;
     one bit-flipped instance is posted here so the check does not depend on test order."""
     data = bytearray(canary_series[0].read_bytes())
     pos = data.find(b"\x08\x00\x16\x00UI")  # SOPClassUID: break its length so pydicom warns about its value

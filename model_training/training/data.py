@@ -1,0 +1,85 @@
+"""The training data: cached cases (model grid, z-y-x) x augmentation copies, with the expansion label and the
+auxiliary targets, and the positive-class weight of the classification loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from app.preprocessing.plans import Plans
+from model_training.augmentation import AugmentationPlan
+from model_training.cohort.manifest import CaseRecord
+
+
+class CachedCaseDataset(Dataset):
+    """Cached cases x ``aug_copies``; every item carries its augmentation ``theta`` (applied on the device).
+
+    Items: ``image`` float32 (1, D, H, W), ``mask`` float32 (1, D, H, W), ``label`` float32 scalar (-1: no
+    expansion label, a head without haematoma), ``aux`` float32 (n_aux,) auxiliary targets (-1 unknown),
+    ``theta`` float32 (3, 4), ``augmented`` bool, ``index`` int (case index).
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int | None], plans: Plans,
+                 aug: AugmentationPlan | None, aux: Sequence[Sequence[float]] | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.labels = [-1 if v is None else int(v) for v in labels]
+        self.aux = [list(a) for a in aux] if aux is not None else [[] for _ in self.paths]
+        self.fov = tuple(float(f) for f in plans.fov_mm_zyx)
+        self.aug = aug
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths) * (self.aug.aug_copies if self.aug else 1)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self.paths)
+        case, copy = (self.aug.decode(i, n) if self.aug else (i, 0))
+        with np.load(self.paths[case]) as z:
+            image = torch.from_numpy(np.ascontiguousarray(z["tensor"], dtype=np.float32))[None]
+            mask = torch.from_numpy(np.ascontiguousarray(z["mask"], dtype=np.float32))[None]
+        augmented = bool(self.aug and self.aug.is_augmented(copy))
+        if augmented:
+            theta = torch.from_numpy(self.aug.theta_for(self.epoch, case, copy, self.fov)).float()  # type: ignore[union-attr]
+        else:
+            theta = torch.eye(3, 4)
+        return {
+            "image": image,
+            "mask": mask,
+            "label": torch.tensor(float(self.labels[case])),
+            "aux": torch.tensor(self.aux[case], dtype=torch.float32),
+            "theta": theta,
+            "augmented": torch.tensor(augmented),
+            "index": case,
+        }
+
+
+def aux_targets(case: CaseRecord, n_aux: int) -> list[float]:
+    """Auxiliary targets of a case: the NCCT markers and intraventricular extension (MARKER_FLAGS order) of a
+    case with a haematoma, -1 where unknown (a head without haematoma, or a marker the manifest leaves empty)."""
+    from model_training.ncct_markers import MARKER_FLAGS
+
+    if n_aux == 0:
+        return []
+    if n_aux != len(MARKER_FLAGS):
+        raise ValueError(f"aux_outputs must be 0 or {len(MARKER_FLAGS)} (the markers {', '.join(MARKER_FLAGS)})")
+    if not case.has_haematoma:
+        return [-1.0] * n_aux
+    return [-1.0 if case.markers.get(m) is None else float(case.markers[m]) for m in MARKER_FLAGS]
+
+
+def class_pos_weight(setting: float | str | None, labels: Sequence[int | None]) -> float | None:
+    """The positive-class weight of the classification loss: ``"balanced"`` = negatives / positives of the
+    labelled training cases."""
+    if setting != "balanced":
+        return None if setting is None else float(setting)
+    known = [y for y in labels if y is not None]
+    pos = sum(known)
+    return float((len(known) - pos) / pos) if pos else None
