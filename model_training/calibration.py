@@ -45,8 +45,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def fit_from_rows(rows: list[dict[str, Any]], cohort: str, max_false_positive_rate: float = 0.05) -> dict[str, Any]:
-    """The post-processing block, threshold and fit summary from serving-path rows of a validation cohort."""
+def write_model_card(weights_path: Path, text: str) -> None:
+    """Rewrite ``MODEL_CARD.md`` of a registered model and its sha256 in ``manifest.json`` (the registry verifies
+    every listed file at load)."""
+    import hashlib
+
+    card = weights_path / "MODEL_CARD.md"
+    _atomic_write(card, text)
+    manifest_path = weights_path / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data.setdefault("files", {})["MODEL_CARD.md"] = hashlib.sha256(card.read_bytes()).hexdigest()
+    _atomic_write(manifest_path, json.dumps(data, indent=2) + "\n")
+
+
+def fit_from_rows(rows: list[dict[str, Any]], cohort: str, max_false_positive_rate: float = 0.05,
+                  current: Any = None) -> dict[str, Any]:
+    """The post-processing block, threshold and fit summary from serving-path rows of a validation cohort;
+    the parts not fitted here (the expansion model, the infratentorial rule) are kept from ``current``."""
     from app.model.postprocessing import Calibration, Postprocessing
     from app.model.postprocessing_fit import fit_detection, fit_platt
     from model_training.evaluation.binary_metrics import youden_threshold
@@ -67,7 +82,7 @@ def fit_from_rows(rows: list[dict[str, Any]], cohort: str, max_false_positive_ra
                                         f"({int(y.sum())} expanding)")
     calibrated = calibration.apply_array(raw)
     youden = youden_threshold(y, calibrated)
-    post = Postprocessing(detection=rule, calibration=calibration)
+    post = (current or Postprocessing()).model_copy(update={"detection": rule, "calibration": calibration})
     from sklearn.metrics import roc_auc_score
 
     return {
@@ -117,15 +132,15 @@ def calibrate_weights(weights_dir: str | Path, version: str | None, manifest: st
     report = evaluate_weights(registry, version, manifest, out_dir, device=device, progress=progress)
     loaded = load_weights(registry, version)
     fit = fit_from_rows(report["cases"], Path(manifest).parent.name or Path(manifest).name,
-                        max_false_positive_rate)
+                        max_false_positive_rate, loaded.postprocessing)
     manifest_path = loaded.path / "manifest.json"
     data = json.loads(manifest_path.read_text())
     data.update({k: fit[k] for k in ("postprocessing", "threshold", "threshold_source", "calibration_fit")})
     _atomic_write(manifest_path, json.dumps(data, indent=2) + "\n")
-    load_weights(registry, version)  # validates the new block
     card = loaded.path / "MODEL_CARD.md"
     if card.exists():
-        _atomic_write(card, replace_card_section(card.read_text(), CARD_SECTION, _card_body(fit)))
+        write_model_card(loaded.path, replace_card_section(card.read_text(), CARD_SECTION, _card_body(fit)))
+    load_weights(registry, version)  # validates the new block and the checksums
     (Path(out_dir) / "calibration_fit.json").write_text(json.dumps(fit, indent=2) + "\n")
     return fit
 
@@ -144,5 +159,6 @@ def write_evaluation_to_card(weights_dir: str | Path, version: str | None, manif
     body = "\n".join("#" + line if line.startswith("## ") else line for line in body.split("\n"))
     heading = f"## Evaluation through the serving path: `{cohort}`"
     card = loaded.path / "MODEL_CARD.md"
-    _atomic_write(card, replace_card_section(card.read_text(), heading, body))
+    write_model_card(loaded.path, replace_card_section(card.read_text(), heading, body))
+    load_weights(registry, version)
     return card

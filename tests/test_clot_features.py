@@ -54,3 +54,29 @@ def test_fitted_model_learns_the_signal_and_round_trips_through_the_manifest():
     with pytest.raises(ValueError):
         ExpansionModel(method="network+clot", feature_names=("nonsense",), means=(0.0,), scales=(1.0,),
                        coefficients=(1.0,))
+
+
+def test_fitting_keeps_the_expansion_model_and_card_edits_keep_checksums(tmp_path):
+    """Calibration replaces detection and calibration only; a model-card section rewrite keeps the weights
+    loadable (the card's sha256 in the manifest follows it)."""
+    from service_fixtures import SMALL_NAME, SMALL_VERSION, make_weights_dir
+
+    from app.weights.registry import load_weights, model_id
+    from model_training.calibration import fit_from_rows, replace_card_section, write_model_card
+
+    rng = np.random.default_rng(2)
+    kept = ExpansionModel(method="network+clot", feature_names=("network_logit",), means=(0.0,), scales=(1.0,),
+                          coefficients=(1.0,))
+    rows = [{"has_ich": i < 40, "label": int(rng.random() < 0.3) if i < 40 else None,
+             "segmented_volume_ml": float(rng.uniform(3, 30)) if i < 40 else float(rng.uniform(0, 1)),
+             "mean_probability": 0.8, "raw_probability": float(rng.uniform(0.05, 0.9))} for i in range(60)]
+    fit = fit_from_rows(rows, "rows", current=Postprocessing(expansion_model=kept))
+    assert fit["postprocessing"]["expansion_model"] == kept.model_dump(mode="json")
+    assert fit["postprocessing"]["calibration"]["method"] == "platt"
+
+    root = make_weights_dir(tmp_path / "weights")
+    loaded = load_weights(root, model_id(SMALL_NAME, SMALL_VERSION))
+    card = replace_card_section("# Card\n\n## A\n\nold\n\n## B\n\nkeep\n", "## A", "new")
+    assert card == "# Card\n\n## B\n\nkeep\n\n## A\n\nnew\n"
+    write_model_card(loaded.path, card)
+    assert (load_weights(root, model_id(SMALL_NAME, SMALL_VERSION)).path / "MODEL_CARD.md").read_text() == card

@@ -96,7 +96,7 @@ def test_default_weights_measure_the_phantom_haematoma(tmp_path: Path) -> None:
     predictor = Predictor.from_registry(DEFAULT_WEIGHTS, device="cpu")
     result = predictor.predict(load_series([str(tmp_path / "case")]))
     truth = case.baseline_volume_ml
-    assert abs(result.volume_ml - truth) <= 0.10 * truth, (result.volume_ml, truth)
+    assert abs(result.volume_ml - truth) <= 0.15 * truth, (result.volume_ml, truth)
     assert result.detected and 0.0 <= result.probability <= 1.0 and not result.touches_fov_edge
     assert not result.infratentorial  # basal ganglia
 

@@ -228,7 +228,8 @@ def test_registry_reads_validates_and_defaults_the_postprocessing_block(tmp_path
     out = _save(tmp_path, "1.0.0", block)
     loaded = load_weights(tmp_path, "1.0.0")
     assert loaded.postprocessing == Postprocessing.model_validate(block)
-    assert json.loads((out / "manifest.json").read_text())["postprocessing"] == block
+    written = json.loads((out / "manifest.json").read_text())["postprocessing"]
+    assert Postprocessing.model_validate(written) == Postprocessing.model_validate(block)
     _save(tmp_path, "1.1.0", None)
     assert load_weights(tmp_path, "1.1.0").postprocessing == Postprocessing()  # absent: defaults
     with pytest.raises(WeightsError) as info:

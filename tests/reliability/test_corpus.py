@@ -26,8 +26,8 @@ def _objects(root: Path) -> list[Path]:
     for p in sorted(root.rglob("*")):
         if not p.is_file() or p.name in {"LICENSE", "README.md", "PROVENANCE.md"}:
             continue
-        if p.suffix in skip - {""} or "asah" in p.parts:
-            continue
+        if p.suffix in skip - {""} or p.name.endswith(".nii.gz") or "asah" in p.parts:
+            continue  # a NIfTI volume is a whole analysable series (tests/test_real_heads_no_bleed.py)
         out.append(p)
     return out
 
