@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from service_fixtures import start_server
 
 from model_training.cli import main
@@ -28,7 +29,6 @@ from model_training.cohort.cache import read_image_hu
 from model_training.evaluation.serving_path import (
     evaluate_weights,
     ingest,
-    nifti_series,
     read_evaluation_cases,
 )
 from model_training.evaluation.serving_report import logistic_calibration, reliability_bins
@@ -132,12 +132,13 @@ def test_seeded_evaluation_fills_every_section(nifti_manifest: Path, tmp_path: P
     free = [r for r in rows if not r["has_ich"]]
     assert len(free) == 2 and len(ich) == 4
 
-    # NIfTI goes through the service's ingestion; the fallback adapter for an ingestion without NIfTI is the same
+    # NIfTI goes through the service's ingestion, on the file's own grid
     first = read_evaluation_cases(nifti_manifest)[0].image
-    ingested, adapted = ingest(first), nifti_series(read_image_hu(first))
+    ingested, reference = ingest(first), read_image_hu(first)
+    assert ingested.source_kind == "nifti"
     for attr in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
-        assert getattr(ingested.image, attr)() == getattr(adapted.image, attr)()
-    np.testing.assert_array_equal(ingested.hu_array, adapted.hu_array)
+        assert getattr(ingested.image, attr)() == getattr(reference, attr)()
+    np.testing.assert_array_equal(ingested.hu_array, sitk.GetArrayFromImage(reference))
 
     # ground truth on the original grid: the true volume is the manifest's baseline volume
     with nifti_manifest.open() as fh:

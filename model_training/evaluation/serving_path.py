@@ -27,11 +27,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from app import ingestion
-from app.errors import IngestionError, RefusalCode
-from app.ingestion.types import IngestedSeries, SourceSlice
+from app.errors import IngestionError
+from app.ingestion.types import IngestedSeries
 from app.model.device import PrecisionMode
 from app.volumetry import volume_ml
-from model_training.cohort.cache import NIFTI_SUFFIXES, read_image_hu
 from model_training.cohort.manifest import CaseRecord, read_manifest
 from model_training.synthetic.haematoma import STRUCTURE_LABELS
 from model_training.training.losses import hard_dice
@@ -79,41 +78,11 @@ def read_evaluation_cases(manifest: str | Path, *, inclusive: bool = False,
 
 
 # --- ingestion, as the service does it ----------------------------------------------------------------------
-def is_volume_file(path: Path) -> bool:
-    """A NIfTI/NRRD/MHA file (by name), as opposed to a DICOM file, folder or ZIP."""
-    name = Path(path).name.lower()
-    return Path(path).is_file() and any(name.endswith(s) for s in NIFTI_SUFFIXES)
-
-
-def nifti_series(image: sitk.Image) -> IngestedSeries:
-    """A float32 HU volume (LPS) as an :class:`IngestedSeries` with one synthetic source slice per z index (the
-    volume's own grid, ``resampled`` False), so that :class:`~app.inference.Predictor` maps masks onto it 1:1."""
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    d = image.GetDirection()
-    sx, sy, _ = image.GetSpacing()
-    nx, ny, nz = image.GetSize()
-    slices = [SourceSlice(sop_instance_uid="", sop_class_uid="", rows=ny, columns=nx,
-                          position=tuple(float(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-                          row_direction=(d[0], d[3], d[6]), column_direction=(d[1], d[4], d[7]),
-                          pixel_spacing=(float(sy), float(sx)))
-              for k in range(nz)]
-    return IngestedSeries(image=image, slices=slices, study_instance_uid="", series_instance_uid="",
-                          frame_of_reference_uid=None, resampled=False)
-
-
 def ingest(path: Path) -> IngestedSeries:
     """Ingest one case's image as the service does: DICOM folders/ZIPs and NIfTI files alike through
-    :func:`app.ingestion.load_series` (the entry point of the upload route and ``python -m app predict``). This is
-    the one place that decides how the evaluation ingests; its only fallback, for an ingestion that does not read
-    NIfTI (refused as ``not_dicom``), reads the file with :func:`~model_training.cohort.cache.read_image_hu` and
-    wraps it with :func:`nifti_series`. Raises :class:`~app.errors.IngestionError` on a refusal."""
-    path = Path(path)
-    try:
-        return ingestion.load_series([path])
-    except IngestionError as exc:
-        if exc.code != RefusalCode.NOT_DICOM or not is_volume_file(path):
-            raise
-    return nifti_series(read_image_hu(path))
+    :func:`app.ingestion.load_series` (the entry point of the upload route and ``python -m app predict``), so an
+    input the service refuses is refused here too. Raises :class:`~app.errors.IngestionError` on a refusal."""
+    return ingestion.load_series([Path(path)])
 
 
 def on_grid(label: sitk.Image, reference: sitk.Image) -> np.ndarray:
