@@ -105,7 +105,9 @@ class PredictionResult:
     segmented_volume_ml: float
     timings_ms: dict[str, float]
     network_probability: float = 0.0  # the network's own expansion output (0-1), before the expansion model
-    clot_features: dict[str, float] = field(default_factory=dict)  # app.model.clot_features (empty: none)
+    # app.model.clot_features and app.model.ncct_markers measurements (empty: none)
+    clot_features: dict[str, float] = field(default_factory=dict)
+    markers: dict[str, bool] = field(default_factory=dict)  # NCCT marker -> present (empty: not assessed)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers (without the mask)."""
@@ -121,6 +123,7 @@ class PredictionResult:
             "segmented_volume_ml": self.segmented_volume_ml,
             "network_probability": self.network_probability,
             "clot_features": dict(self.clot_features),
+            "markers": dict(self.markers),
             "volume_ml": self.volume_ml,
             "abc2_volume_ml": self.abc2_volume_ml,
             "voxel_count": self.voxel_count,
@@ -212,14 +215,21 @@ class Predictor:
         measure (CPU); see :class:`PredictionResult` for what a failed detection reports."""
         from app import volumetry
         from app.model.clot_features import clot_features
+        from app.model.mask_refinement import refine_mask
+        from app.model.ncct_markers import measure_markers
         from app.preprocessing import mask_to_source_slices, probabilities_to_reference
 
         t0 = time.perf_counter()
         post = self.postprocessing
         prob_ref = probabilities_to_reference(raw.probability_map, prepared.grid, series.image)
         mask_arr = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
-        segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
+        hu = sitk.GetArrayViewFromImage(series.image)
         mean_probability = mean_inside(prob_ref, mask_arr)
+        if post.refinement.enabled:
+            seed = mask_arr if post.refinement.seed_threshold is None else \
+                (prob_ref >= post.refinement.seed_threshold).astype(np.uint8)
+            mask_arr = refine_mask(hu, seed, series.spacing_zyx, post.refinement, prob_ref).astype(np.uint8)
+        segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
         detected = post.detection.detected(segmented_ml, mean_probability)
         if detected:
             offset = centroid_offset_lps(centroid_lps(mask_arr, series.image), prepared.brain_centroid_lps)
@@ -231,8 +241,13 @@ class Predictor:
             infratentorial = touches_edge = False
         network_probability = float(raw.expansion_probability)
         features: dict[str, float] = {}
+        markers: dict[str, bool] = {}
         if detected:
-            features = clot_features(sitk.GetArrayViewFromImage(series.image), mask_arr, series.spacing_zyx)
+            features = clot_features(hu, mask_arr, series.spacing_zyx)
+            if post.markers.enabled:
+                measured = measure_markers(hu, mask_arr, series.spacing_zyx, prob_ref, post.markers.geometry)
+                features.update(measured)
+                markers = post.markers.decide(measured)
         raw_probability = post.expansion_model.probability(network_probability, features) if detected \
             else network_probability
         probability = post.calibration.apply(raw_probability) if detected else None
@@ -262,6 +277,7 @@ class Predictor:
             segmented_volume_ml=segmented_ml,
             network_probability=network_probability,
             clot_features=features,
+            markers=markers,
             timings_ms=timings,
         )
         result.timings_ms["postprocess"] = _ms(t0)

@@ -23,13 +23,18 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from app.inference import EXPANSION_DEFINITION, PredictionResult
+from app.model.bat_score import bat_score
+from app.model.ncct_markers import DEFAULT_THRESHOLDS, MEASUREMENT_OF, MEASUREMENT_UNITS, NCCT_MARKERS
 from app.model.postprocessing import result_warnings
 from app.outputs import FILE_NAMES, CompactResult
 from app.result_schema import (
+    Bat,
+    BatPoints,
     Expansion,
     Haematoma,
     InputSummary,
     Links,
+    MarkerFinding,
     ModelRef,
     PredictionResponse,
     WarningItem,
@@ -156,6 +161,8 @@ def build_document(
             infratentorial=result.infratentorial,
             measurements={k: round(float(v), 6) for k, v in result.clot_features.items()},
         ),
+        ncct_markers=_markers(predictor, result),
+        bat=_bat(result, onset_to_ct_hours),
         links=Links(
             self=prefix,
             mask_nifti=f"{prefix}/mask.nii.gz",
@@ -164,6 +171,28 @@ def build_document(
         ),
         timings_ms=timings,
     )
+
+
+def _markers(predictor: Predictor, result: PredictionResult) -> dict[str, MarkerFinding] | None:
+    if not result.markers:
+        return None
+    rules = predictor.postprocessing.markers
+    findings = {}
+    for name in NCCT_MARKERS:
+        measurement = MEASUREMENT_OF[name]
+        findings[name] = MarkerFinding(
+            present=bool(result.markers[name]), measurement=measurement,
+            value=round(float(result.clot_features.get(measurement, 0.0)), 4),
+            unit=MEASUREMENT_UNITS[measurement],
+            threshold=float(rules.thresholds.get(name, DEFAULT_THRESHOLDS[name])))
+    return findings
+
+
+def _bat(result: PredictionResult, onset_to_ct_hours: float | None) -> Bat | None:
+    if not result.markers:
+        return None
+    score = bat_score(result.markers, onset_to_ct_hours)
+    return Bat(score=score.score, points=BatPoints(**score.points), complete=score.complete)
 
 
 def local_document(document: PredictionResponse, files: Iterable[str],

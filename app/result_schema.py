@@ -60,6 +60,27 @@ class Haematoma(BaseModel):
                                            "grid (HU, mL; app/model/clot_features.py); empty when not detected")
 
 
+class MarkerFinding(BaseModel):
+    present: bool
+    measurement: str = Field(description="Name of the measurement that decides the marker "
+                             "(app/model/ncct_markers.py)")
+    value: float
+    unit: str
+    threshold: float = Field(description="present when value >= threshold")
+
+
+class BatPoints(BaseModel):
+    blend: int
+    hypodensity: int
+    onset_lt_2_5h: int | None = Field(description="2 when onset-to-CT < 2.5 h, 0 when later, null when unknown")
+
+
+class Bat(BaseModel):
+    score: int = Field(ge=0, le=5, description="BAT score (Morotti 2018): blend 1 + hypodensity 2 + onset < 2.5 h 2")
+    points: BatPoints
+    complete: bool = Field(description="false without onset_to_ct_hours: image points only")
+
+
 class Links(BaseModel):
     self: str
     mask_nifti: str
@@ -73,5 +94,10 @@ class PredictionResponse(BaseModel):
     input: InputSummary
     expansion: Expansion
     haematoma: Haematoma
+    ncct_markers: dict[str, MarkerFinding] | None = Field(
+        None, description="The seven NCCT markers (Supplemental Table 2) decided from the image; null when no "
+        "haematoma was detected or the weights do not assess markers")
+    bat: Bat | None = Field(None, description="BAT score from the image markers and onset_to_ct_hours; null "
+                            "when ncct_markers is null")
     links: Links
     timings_ms: dict[str, float]

@@ -3,14 +3,7 @@ manifest reader, the synthetic generator and the Table-2 report share."""
 
 from __future__ import annotations
 
-NCCT_MARKERS: tuple[str, ...] = (
-    "hypodensity",
-    "black_hole",
-    "swirl",
-    "blend",
-    "fluid_level",
-    "irregular_shape",
-    "heterogeneous_density",
-)
+from app.model.ncct_markers import NCCT_MARKERS  # the one list, defined in the core
+
 # the markers plus intraventricular extension (a 0/1 flag of the manifest, not a Table-2 row)
 MARKER_FLAGS: tuple[str, ...] = (*NCCT_MARKERS, "ivh")

@@ -17,7 +17,7 @@ These measurements read them from the HU image inside the predicted haematoma on
   segmentation threshold).
 
 :class:`ExpansionModel` is a logistic regression on the standardised logit of the network's expansion
-probability and these measurements, fitted on training cases (``model_training.expansion_model``) and stored with
+probability, these measurements and the NCCT-marker measurements of :mod:`app.model.ncct_markers`, fitted on training cases (``model_training.expansion_model``) and stored with
 the weights; its output is the ``raw_probability`` that calibration then maps.
 """
 
@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
+
+from app.model.ncct_markers import MEASUREMENT_UNITS
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_volume_ml", "median_hu", "sd_hu", "hypodense_fraction", "black_hole_fraction", "low_tail_hu",
@@ -90,10 +92,11 @@ class ExpansionModel(BaseModel):
     def _consistent(self) -> ExpansionModel:
         if self.method == "network+clot":
             n = len(self.feature_names)
-            unknown = set(self.feature_names) - {"network_logit", *FEATURE_NAMES}
+            known = {"network_logit", *FEATURE_NAMES, *MEASUREMENT_UNITS}
+            unknown = set(self.feature_names) - known
             if unknown or n == 0 or not (len(self.means) == len(self.scales) == len(self.coefficients) == n):
                 raise ValueError("expansion model: feature_names, means, scales and coefficients must align and "
-                                 f"name known features ({', '.join(('network_logit', *FEATURE_NAMES))})")
+                                 f"name known features ({', '.join(sorted(known))})")
             if any(s <= 0 for s in self.scales):
                 raise ValueError("expansion model: scales must be > 0")
         return self

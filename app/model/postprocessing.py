@@ -10,6 +10,10 @@ defaults documented on each model. Each rule is a small pure transform with one 
 * :class:`Calibration` maps the raw expansion probability to a calibrated one: ``identity`` (default) or
   ``platt``: ``sigmoid(slope * logit(p_raw) + intercept)`` with ``p_raw`` clipped to ``[1e-6, 1 - 1e-6]``. The
   registered decision ``threshold`` applies to the *calibrated* probability.
+* :class:`~app.model.mask_refinement.BoundaryRefinement` (off by default) moves the thresholded boundary to the
+  50 % partial-volume position on the analysis grid before anything is measured;
+* :class:`~app.model.ncct_markers.MarkerRules` (off by default) decides the seven NCCT markers from their
+  measurements;
 * :class:`InfratentorialRule` is a geometric heuristic (no atlas): the haematoma-mask centroid relative to the
   brain-mask centroid of the preprocessed case, in LPS mm (+z superior, +y posterior), is infratentorial when
   ``dz <= max_dz_mm`` (inferior) and ``dy >= min_dy_mm`` (posterior). The paper's population excluded
@@ -103,6 +107,8 @@ class InfratentorialRule(BaseModel):
 
 
 from app.model.clot_features import ExpansionModel  # noqa: E402  (after the rules it sits beside)
+from app.model.mask_refinement import BoundaryRefinement  # noqa: E402
+from app.model.ncct_markers import MarkerRules  # noqa: E402
 
 
 class Postprocessing(BaseModel):
@@ -114,6 +120,8 @@ class Postprocessing(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration)
     infratentorial: InfratentorialRule = Field(default_factory=InfratentorialRule)
     expansion_model: ExpansionModel = Field(default_factory=ExpansionModel)
+    refinement: BoundaryRefinement = Field(default_factory=BoundaryRefinement)
+    markers: MarkerRules = Field(default_factory=MarkerRules)
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any] | None) -> Postprocessing:

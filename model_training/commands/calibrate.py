@@ -22,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="largest share of haematoma-free validation heads the detection rule may detect")
     p.add_argument("--fit-expansion-model", action="store_true",
                    help="instead: fit the expansion model (network output + clot measurements) on this cohort, "
-                   "which must be a training cohort; run calibrate on a validation cohort afterwards")
+                   "which must be a training cohort; run calibrate on a validation cohort afterwards. Weights that "
+                   "measure the NCCT markers also get their marker thresholds fitted here")
+    p.add_argument("--l2-c", type=float, default=1.0,
+                   help="inverse L2 strength of the expansion model's logistic regression (--fit-expansion-model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         from model_training.expansion_model import fit_weights_expansion_model
 
         model = fit_weights_expansion_model(args.weights, args.version, args.manifest, args.out,
-                                            device=args.device, progress=not args.no_progress)
+                                            device=args.device, c=args.l2_c, progress=not args.no_progress)
         print(json.dumps({"expansion_model": model.model_dump(mode="json")}))
         return 0
     try:

@@ -52,6 +52,7 @@ class EvaluationCase:
     ivh_marker: int | None = None
     risk_true: float | None = None
     risk_image: float | None = None
+    markers: dict[str, int] | None = None  # NCCT marker truth (0/1) where the manifest has it
 
 
 def evaluation_case(record: CaseRecord, image_column: ImageColumn = "image") -> EvaluationCase:
@@ -67,6 +68,7 @@ def evaluation_case(record: CaseRecord, image_column: ImageColumn = "image") -> 
         ivh_marker=record.markers.get("ivh"),
         risk_true=getattr(record, "risk_true", None),
         risk_image=getattr(record, "risk_image", None),
+        markers={k: int(v) for k, v in record.markers.items() if k != "ivh" and v is not None} or None,
     )
 
 
@@ -159,6 +161,8 @@ def predict_case(predictor: Any, case: EvaluationCase) -> dict[str, Any]:
         "ivh_in_mask_fraction": ivh_fraction,
         "network_probability": _opt(getattr(result, "network_probability", None)),
         **{f"clot_{k}": float(v) for k, v in getattr(result, "clot_features", {}).items()},
+        **{f"marker_{k}": bool(v) for k, v in getattr(result, "markers", {}).items()},
+        **{f"truth_{k}": int(v) for k, v in (case.markers or {}).items()},
         "seconds": round(time.perf_counter() - t0, 3),
     })
     return row

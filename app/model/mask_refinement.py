@@ -1,0 +1,150 @@
+"""Partial-volume refinement of the haematoma boundary on the analysis grid.
+
+The network segments on the model grid (about 1.2 mm in-plane on the CPU plans); its probabilities, interpolated
+back to the analysis grid (the series' own, typically 0.4-0.5 mm in-plane), give a boundary that is smooth but up
+to a model voxel off. Blood (50-90 HU) is denser than the brain around it (20-40 HU), and a voxel that is half clot
+and half brain reads the mean of the two, so the clot's boundary on the fine grid is where the image crosses the
+midpoint between the local clot density and the local surrounding density - the same 50 % partial-volume rule
+that manual planimetry follows. :func:`refine_mask` applies that rule in a band around the network's boundary:
+
+1. ``mask = probability >= seed_threshold`` (the plans' mask threshold by default); ``core`` = the mask eroded by ``band_mm`` in-plane (kept as is, so that
+   hypodense regions inside the clot stay in it); ``band`` = the mask dilated by ``band_mm`` minus the core.
+2. Local clot density: the normalised Gaussian average (``sigma_mm``, in-plane) of the core's voxels that are not
+   more than 15 HU below the core median (hypodense foci do not lower the reference). Local surrounding density:
+   the same average over a ring ``band_mm`` wide outside the band, restricted to ``[15, 60]`` HU (brain and
+   oedema; CSF, bone and calcification do not count); 30 HU where there is no ring.
+3. A band voxel belongs to the clot when its in-plane 3x3 mean is at least the midpoint of the two densities,
+   below ``max_hu`` (calcification and bone are not blood) and its network probability at least
+   ``min_band_probability`` (blood next to the clot that the network rejects, e.g. in a ventricle, stays out).
+4. Only components that touch the core are kept; holes are filled slice by slice.
+5. Intraventricular blood (which the haematoma volume excludes, as the paper's planimetry does) layers in the
+   dependent part of a ventricle: CSF in front of it, none behind it. A connected component other than the
+   largest is dropped when, ``probe_mm`` in front of it (anterior, -y in LPS), at least
+   ``ventricle_anterior_csf`` of the voxels are CSF (``CSF_HU``) and behind it at most
+   ``ventricle_posterior_csf`` are.
+
+All distances are in mm on the analysis grid (z, y, x); work is done in the mask's bounding box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage
+
+IN_PLANE = np.ones((1, 3, 3), dtype=bool)
+SURROUNDING_HU = (15.0, 60.0)
+DEFAULT_SURROUNDING_HU = 30.0
+CORE_HYPODENSE_HU = 15.0
+CSF_HU = (-5.0, 16.0)
+
+
+class BoundaryRefinement(BaseModel):
+    """Settings of :func:`refine_mask` (stored with the weights; ``enabled=False`` keeps the thresholded mask)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = False
+    band_mm: float = Field(2.5, gt=0.0, le=10.0, description="half-width of the band around the boundary, mm")
+    sigma_mm: float = Field(4.0, gt=0.0, le=20.0, description="Gaussian sigma of the local densities, mm")
+    max_hu: float = Field(100.0, description="band voxels at or above this HU are not blood (calcification)")
+    min_band_probability: float = Field(0.0, ge=0.0, lt=1.0,
+                                        description="band voxels below this network probability stay out")
+    seed_threshold: float | None = Field(None, gt=0.0, lt=1.0,
+                                         description="network probability that seeds the refinement (None: the "
+                                         "plans' mask threshold)")
+    drop_ventricular: bool = Field(True, description="drop components that layer in a ventricle (step 5)")
+    probe_mm: float = Field(4.0, gt=0.0, le=20.0)
+    ventricle_anterior_csf: float = Field(0.2, ge=0.0, le=1.0)
+    ventricle_posterior_csf: float = Field(0.05, ge=0.0, le=1.0)
+    fitted_on: str | None = Field(None, description="free text: the data these values were chosen on")
+
+
+def _box(mask: np.ndarray, margin_zyx: Sequence[int]) -> tuple[slice, ...]:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - np.asarray(margin_zyx), 0)
+    hi = np.minimum(idx.max(0) + np.asarray(margin_zyx) + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _local_mean(values: np.ndarray, where: np.ndarray, sigma_px: tuple[float, float, float],
+                fallback: float) -> np.ndarray:
+    """Gaussian-weighted mean of ``values`` over ``where`` at every voxel (``fallback`` far from ``where``)."""
+    num = ndimage.gaussian_filter(np.where(where, values, 0.0).astype(np.float32), sigma_px)
+    den = ndimage.gaussian_filter(where.astype(np.float32), sigma_px)
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-6), np.float32(fallback)).astype(np.float32)
+
+
+def _csf_share(hu: np.ndarray, where: np.ndarray) -> float:
+    n = int(where.sum())
+    return float(((hu[where] > CSF_HU[0]) & (hu[where] < CSF_HU[1])).sum()) / n if n else 0.0
+
+
+def _drop_ventricular(mask: np.ndarray, hu: np.ndarray, shift: int, settings: BoundaryRefinement) -> np.ndarray:
+    """``mask`` without the non-largest components that layer in a ventricle (module docstring, step 5)."""
+    labels, n = ndimage.label(mask, np.ones((3, 3, 3), dtype=bool))
+    if n < 2 or shift >= mask.shape[1]:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    largest = int(np.argmax(sizes)) + 1
+    keep = mask.copy()
+    for index in range(1, n + 1):
+        if index == largest:
+            continue
+        comp = labels == index
+        front = np.zeros_like(comp)
+        front[:, :-shift, :] = comp[:, shift:, :]  # the voxels `shift` rows anterior (smaller y) of the component
+        behind = np.zeros_like(comp)
+        behind[:, shift:, :] = comp[:, :-shift, :]
+        front &= ~comp
+        behind &= ~comp
+        if (_csf_share(hu, front) >= settings.ventricle_anterior_csf
+                and _csf_share(hu, behind) <= settings.ventricle_posterior_csf):
+            keep &= ~comp
+    return keep
+
+
+def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float],
+                settings: BoundaryRefinement, probability_zyx: np.ndarray | None = None) -> np.ndarray:
+    """The refined mask (bool, z-y-x, same shape) of the module docstring. ``hu_zyx`` in HU and ``mask_zyx``
+    (the thresholded network mask) on the analysis grid; ``spacing_zyx`` in mm. An empty mask, or disabled
+    settings, return the mask unchanged."""
+    mask = np.asarray(mask_zyx) > 0
+    if not settings.enabled or not mask.any():
+        return mask
+    _, dy, dx = (float(s) for s in spacing_zyx)
+    steps = max(1, int(round(settings.band_mm / min(dy, dx))))
+    sigma_px = (0.0, settings.sigma_mm / dy, settings.sigma_mm / dx)
+    box = _box(mask, (1, 3 * steps + int(3 * sigma_px[1]) + 2, 3 * steps + int(3 * sigma_px[2]) + 2))
+    m = mask[box]
+    hu = np.asarray(hu_zyx[box], dtype=np.float32)
+
+    core = ndimage.binary_erosion(m, IN_PLANE, iterations=steps)
+    if int(core.sum()) < 10:
+        core = m
+    outer = ndimage.binary_dilation(m, IN_PLANE, iterations=steps)
+    ring = ndimage.binary_dilation(outer, IN_PLANE, iterations=steps) & ~outer
+    ring &= (hu > SURROUNDING_HU[0]) & (hu < SURROUNDING_HU[1])
+    core_median = float(np.median(hu[core]))
+    dense_core = core & (hu > core_median - CORE_HYPODENSE_HU)
+    clot = _local_mean(hu, dense_core, sigma_px, core_median)
+    surrounding = _local_mean(hu, ring, sigma_px, DEFAULT_SURROUNDING_HU) if ring.any() else \
+        np.full_like(hu, DEFAULT_SURROUNDING_HU)
+    smoothed = ndimage.uniform_filter(hu, size=(1, 3, 3))
+    band = outer & ~core
+    accept = band & (smoothed >= 0.5 * (clot + surrounding)) & (smoothed < settings.max_hu)
+    if probability_zyx is not None and settings.min_band_probability > 0:
+        accept &= np.asarray(probability_zyx[box]) >= settings.min_band_probability
+    refined = core | accept
+
+    labels, _ = ndimage.label(refined, np.ones((3, 3, 3), dtype=bool))
+    keep = np.unique(labels[core & refined])
+    refined = np.isin(labels, keep[keep > 0])
+    refined = np.stack([ndimage.binary_fill_holes(s) for s in refined])
+    if settings.drop_ventricular:
+        refined = _drop_ventricular(refined, hu, max(1, int(round(settings.probe_mm / dy))), settings)
+    out = np.zeros_like(mask)
+    out[box] = refined
+    return out
