@@ -126,3 +126,24 @@ def test_bat_score_points(markers, onset, points, complete) -> None:
     result = bat_score(markers, onset)
     assert (result.points["blend"], result.points["hypodensity"], result.points["onset_lt_2_5h"]) == points
     assert result.score == sum(p for p in points if p) and result.complete is complete
+
+
+def test_marker_report_scores_agreement_with_the_truth() -> None:
+    from model_training.evaluation.marker_report import marker_section
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(60):
+        truth = {name: int(rng.random() < 0.4) for name in NCCT_MARKERS}
+        decided = dict(truth)
+        if i % 10 == 0:  # one disagreement in ten cases, on the hypodensity
+            decided["hypodensity"] = 1 - decided["hypodensity"]
+        rows.append({"detected": True, "onset_to_ct_hours": float(rng.uniform(0.5, 8.0)),
+                     **{f"truth_{k}": v for k, v in truth.items()},
+                     **{f"marker_{k}": bool(v) for k, v in decided.items()}})
+    section = marker_section(rows)
+    assert section["n"] == 60
+    assert section["markers"]["blend"]["kappa"] == pytest.approx(1.0)
+    assert section["markers"]["hypodensity"]["kappa"] < 0.9
+    assert section["bat"]["exact_agreement"] == pytest.approx(0.9)
+    assert marker_section([{"detected": True}]) is None

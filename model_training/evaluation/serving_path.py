@@ -53,6 +53,7 @@ class EvaluationCase:
     risk_true: float | None = None
     risk_image: float | None = None
     markers: dict[str, int] | None = None  # NCCT marker truth (0/1) where the manifest has it
+    onset_to_ct_hours: float | None = None
 
 
 def evaluation_case(record: CaseRecord, image_column: ImageColumn = "image") -> EvaluationCase:
@@ -69,6 +70,7 @@ def evaluation_case(record: CaseRecord, image_column: ImageColumn = "image") -> 
         risk_true=getattr(record, "risk_true", None),
         risk_image=getattr(record, "risk_image", None),
         markers={k: int(v) for k, v in record.markers.items() if k != "ivh" and v is not None} or None,
+        onset_to_ct_hours=record.onset_to_ct_hours,
     )
 
 
@@ -163,6 +165,7 @@ def predict_case(predictor: Any, case: EvaluationCase) -> dict[str, Any]:
         **{f"clot_{k}": float(v) for k, v in getattr(result, "clot_features", {}).items()},
         **{f"marker_{k}": bool(v) for k, v in getattr(result, "markers", {}).items()},
         **{f"truth_{k}": int(v) for k, v in (case.markers or {}).items()},
+        "onset_to_ct_hours": case.onset_to_ct_hours,
         "seconds": round(time.perf_counter() - t0, 3),
     })
     return row

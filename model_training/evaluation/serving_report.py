@@ -16,6 +16,8 @@ analysis grid, probabilities 0-1). Sections of ``serving_report.json`` (and ``se
   image-only ceilings of synthetic cohorts) where present; Brier score against the prevalence-only reference
   prevalence x (1 - prevalence); calibration slope and intercept (logistic regression of the label on
   logit(p)); a 10-bin reliability table and ``reliability.png``.
+* ``ncct_markers``: the markers and the BAT score read from the image against the marker truth
+  (:mod:`model_training.evaluation.marker_report`); null for weights that do not assess markers.
 
 Also written: ``cases.csv`` (the rows; no identifier but ``case_id``) and ``bland_altman.png``.
 """
@@ -33,6 +35,7 @@ import numpy as np
 
 from model_training.evaluation.binary_metrics import CIMethod, proportion_ci
 from model_training.evaluation.delong import auc_ci
+from model_training.evaluation.marker_report import marker_section, render_marker_markdown
 from model_training.evaluation.serialization import json_safe
 from model_training.evaluation.serving_plots import plot_bland_altman, plot_reliability
 
@@ -259,6 +262,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               f"{_f(e['brier_skill'])}); calibration slope {_f(c['slope'])}, intercept {_f(c['intercept'])}"
               + (f" ({c['note']})" if c.get("note") else "") + ". Reliability diagram: `reliability.png`; "
               "Bland-Altman plots: `bland_altman.png`."]
+    lines += render_marker_markdown(report.get("ncct_markers"), _f)
     return "\n".join(lines) + "\n"
 
 
@@ -296,6 +300,7 @@ def write_serving_report(rows: Sequence[Row], out_dir: str | Path, meta: Mapping
         "volume": {**volume, "plot": "bland_altman.png"},
         "ivh_in_mask": ivh_section(rows),
         "expansion": expansion_section(rows, out),
+        "ncct_markers": marker_section(rows),
         "files": {"json": "serving_report.json", "markdown": "serving_report.md", "cases": "cases.csv",
                   "reliability": "reliability.png", "bland_altman": "bland_altman.png"},
         "cases": [dict(r) for r in rows],
