@@ -80,8 +80,25 @@ def test_blood_layering_in_a_ventricle_is_dropped_but_the_haematoma_is_kept() ->
     refined = refine_mask(hu, network, SPACING, ON)
     assert (refined & layered_blood).sum() < 0.05 * layered_blood.sum()
     assert _dice(refined, clot) > 0.95
-    kept = refine_mask(hu, network, SPACING, ON.model_copy(update={"drop_ventricular": False}))
+    neither = ON.model_copy(update={"drop_ventricular": False, "drop_layered": False})
+    kept = refine_mask(hu, network, SPACING, neither)
     assert (kept & layered_blood).sum() > 0.8 * layered_blood.sum()
-    # the largest component is never dropped (a ventricular cast alone stays for the detection rule to judge)
-    alone = refine_mask(hu, layered_blood, SPACING, ON)
-    assert alone.sum() > 0.8 * layered_blood.sum()
+    # the component rule never drops the largest component; the fluid level against CSF still gives it away
+    only_components = ON.model_copy(update={"drop_layered": False})
+    assert refine_mask(hu, layered_blood, SPACING, only_components).sum() > 0.8 * layered_blood.sum()
+    assert refine_mask(hu, layered_blood, SPACING, ON).sum() < 0.05 * layered_blood.sum()
+
+
+def test_layered_blood_that_touches_the_clot_leaves_the_mask() -> None:
+    rng = np.random.default_rng(11)
+    z, y, x = _grid()
+    clot = _sphere(12.0, centre=(0.0, 10.0, -8.0))
+    ventricle = (np.abs(x - 9.0) < 5.0) & (np.abs(y - 5.0) < 14.0) & (np.abs(z) < 12.0) & ~clot
+    layered_blood = ventricle & (y > 8.0)
+    hu = _image(clot | layered_blood, rng)
+    hu[ventricle & ~layered_blood] = 6.0
+    merged = clot | layered_blood
+    assert ndimage.label(merged)[1] == 1
+    refined = refine_mask(hu, merged, SPACING, ON)
+    assert (refined & layered_blood).sum() < 0.2 * layered_blood.sum()
+    assert (refined & clot).sum() > 0.9 * clot.sum()

@@ -22,6 +22,11 @@ that manual planimetry follows. :func:`refine_mask` applies that rule in a band 
    largest is dropped when, ``probe_mm`` in front of it (anterior, -y in LPS), at least
    ``ventricle_anterior_csf`` of the voxels are CSF (``CSF_HU``) and behind it at most
    ``ventricle_posterior_csf`` are.
+6. Blood layering in a ventricle that touches the clot has a fluid level with the CSF: on an axial slice, the
+   mask's columns (runs along y) whose anterior end lies against CSF (at least ``layer_csf_fraction`` of the
+   ``layer_probe_mm`` in front of it, after a ``layer_gap_mm`` partial-volume gap) and whose anterior ends line up
+   on a horizontal line (SD of their y position <= ``layer_max_sd_mm`` over at least ``layer_min_width_mm`` of
+   adjacent columns) are intraventricular blood and leave the mask.
 
 All distances are in mm on the analysis grid (z, y, x); work is done in the mask's bounding box.
 """
@@ -39,6 +44,7 @@ SURROUNDING_HU = (15.0, 60.0)
 DEFAULT_SURROUNDING_HU = 30.0
 CORE_HYPODENSE_HU = 15.0
 CSF_HU = (-5.0, 16.0)
+LAYER_CSF_HU = (-5.0, 20.0)
 
 
 class BoundaryRefinement(BaseModel):
@@ -59,6 +65,12 @@ class BoundaryRefinement(BaseModel):
     probe_mm: float = Field(4.0, gt=0.0, le=20.0)
     ventricle_anterior_csf: float = Field(0.2, ge=0.0, le=1.0)
     ventricle_posterior_csf: float = Field(0.05, ge=0.0, le=1.0)
+    drop_layered: bool = Field(True, description="drop intraventricular blood with a fluid level (step 6)")
+    layer_probe_mm: float = Field(2.0, gt=0.0, le=10.0)
+    layer_gap_mm: float = Field(1.0, ge=0.0, le=5.0)
+    layer_csf_fraction: float = Field(0.6, gt=0.0, le=1.0)
+    layer_min_width_mm: float = Field(3.0, gt=0.0)
+    layer_max_sd_mm: float = Field(0.6, gt=0.0)
     fitted_on: str | None = Field(None, description="free text: the data these values were chosen on")
 
 
@@ -106,6 +118,46 @@ def _drop_ventricular(mask: np.ndarray, hu: np.ndarray, shift: int, settings: Bo
     return keep
 
 
+def _column_runs(column: np.ndarray) -> list[tuple[int, int]]:
+    ys = np.flatnonzero(column)
+    if ys.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(ys) > 1)
+    return list(zip(np.r_[ys[0], ys[breaks + 1]].tolist(), np.r_[ys[breaks], ys[-1]].tolist(), strict=True))
+
+
+def _layered_blood(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
+                   settings: BoundaryRefinement) -> np.ndarray:
+    """The mask's voxels of intraventricular blood with a fluid level against CSF (module docstring, step 6)."""
+    dy, dx = spacing_yx
+    smoothed = ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
+    csf = (smoothed > LAYER_CSF_HU[0]) & (smoothed < LAYER_CSF_HU[1])
+    probe = max(1, int(round(settings.layer_probe_mm / dy)))
+    gap = int(round(settings.layer_gap_mm / dy))
+    min_columns = max(2, int(round(settings.layer_min_width_mm / dx)))
+    out = np.zeros_like(mask)
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        against_csf: list[tuple[int, int, int]] = []  # (x, first y, last y) of runs whose front touches CSF
+        for x in np.flatnonzero(mask[z].any(axis=0)):
+            for y0, y1 in _column_runs(mask[z, :, x]):
+                a, b = max(0, y0 - gap - probe), max(0, y0 - gap)
+                if b > a and csf[z, a:b, x].mean() >= settings.layer_csf_fraction:
+                    against_csf.append((int(x), y0, y1))
+        groups: list[list[tuple[int, int, int]]] = []
+        for run in against_csf:
+            last = groups[-1][-1] if groups else None
+            if last is not None and run[0] - last[0] <= 1 and abs(run[1] - last[1]) <= 2:
+                groups[-1].append(run)
+            else:
+                groups.append([run])
+        for group in groups:
+            fronts = np.array([r[1] for r in group], dtype=np.float64) * dy
+            if len(group) >= min_columns and fronts.std() <= settings.layer_max_sd_mm:
+                for x, y0, y1 in group:
+                    out[z, y0:y1 + 1, x] = True
+    return out & mask
+
+
 def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float],
                 settings: BoundaryRefinement, probability_zyx: np.ndarray | None = None) -> np.ndarray:
     """The refined mask (bool, z-y-x, same shape) of the module docstring. ``hu_zyx`` in HU and ``mask_zyx``
@@ -145,6 +197,8 @@ def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[
     refined = np.stack([ndimage.binary_fill_holes(s) for s in refined])
     if settings.drop_ventricular:
         refined = _drop_ventricular(refined, hu, max(1, int(round(settings.probe_mm / dy))), settings)
+    if settings.drop_layered:
+        refined &= ~_layered_blood(refined, hu, (dy, dx), settings)
     out = np.zeros_like(mask)
     out[box] = refined
     return out
