@@ -124,8 +124,9 @@ class DicomGateway:
         outcome = "analysed"
         try:
             document = await self._predict(batch, files)
-            payload = {name: await self.service.file(document.id, name) for name in RESULT_FILES}
-            self.outbox.enqueue({k: v for k, v in payload.items() if v is not None}, f"{document.id}-result")
+            rendered = await asyncio.gather(*(self.service.file(document.id, name) for name in RESULT_FILES))
+            payload = {name: data for name, data in zip(RESULT_FILES, rendered, strict=True) if data is not None}
+            self.outbox.enqueue(payload, f"{document.id}-result")
             log.info("series analysed", extra={"series": series, "prediction_id": document.id,
                                                "slices": len(files)})
         except (IngestionError, Problem) as exc:

@@ -1,8 +1,9 @@
 """DICOM SR measurement report (TID 1500, highdicom Comprehensive 3D SR) of one prediction, and the refusal SR.
 
 The report shares the study, patient and frame of reference of the analysed series (the patient and study modules
-are copied from the first source header, as the standard requires), lists every source instance as evidence and
-in the image library, and holds one volumetric measurement group (TID 1411) that references segment 1 of the
+are copied from the first source header, as the standard requires), lists every source instance as evidence (the
+image library holds the first one only: one entry per instance made the report about 30 times slower to build,
+for nothing a viewer reads), and holds one volumetric measurement group (TID 1411) that references segment 1 of the
 result's DICOM SEG by its SOP Instance UID (:mod:`app.outputs.result_uids`, so the SEG need not be built).
 
 The group's content comes from the result document (the JSON of ``POST /v1/predictions``) through the item
@@ -126,7 +127,7 @@ def _document(source_headers: Sequence[pydicom.Dataset], groups: Sequence[Any], 
         observation_context=_observation_context(uids.algorithm_name),
         procedure_reported=PROCEDURE,
         imaging_measurements=list(groups),
-        referenced_images=sources,
+        referenced_images=sources[:1],  # one library entry describes the series; evidence lists every instance
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, *extra_evidence],
