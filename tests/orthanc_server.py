@@ -92,8 +92,9 @@ class Orthanc:
 
 
 def start_orthanc(root: Path, aet: str, modalities: dict[str, tuple[str, int]] | None = None,
-                  dicomweb: bool = True, timeout: float = 30) -> Orthanc:
-    """Start Orthanc with its storage under ``root``; ``modalities``: name -> (AE title, port on 127.0.0.1)."""
+                  dicomweb: bool = True, lua_scripts: tuple[Path, ...] = (), timeout: float = 30) -> Orthanc:
+    """Start Orthanc with its storage under ``root``; ``modalities``: name -> (AE title, port on 127.0.0.1);
+    ``lua_scripts``: Lua scripts Orthanc runs (``OnStableStudy`` after ``StableAge`` = 1 s)."""
     exe = require_executable("Orthanc", "orthanc", "/usr/sbin/Orthanc")
     if dicomweb and not DICOMWEB_PLUGIN.is_file():
         require_executable("orthanc-dicomweb-plugin-missing", "orthanc-dicomweb")
@@ -108,7 +109,7 @@ def start_orthanc(root: Path, aet: str, modalities: dict[str, tuple[str, int]] |
         "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/", "EnableWado": True},
         "StableAge": 1, "SaveJobs": False, "ConcurrentJobs": 2, "HttpThreadsCount": 8,
-        "StorageCompression": False, "LimitFindResults": 0,
+        "StorageCompression": False, "LimitFindResults": 0, "LuaScripts": [str(p) for p in lua_scripts],
     }
     config_path = root / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))

@@ -31,6 +31,7 @@ from tests.system_components import free_port, require_executable
 pynetdicom = pytest.importorskip("pynetdicom")
 
 SERVICE_AET, SOURCE_AET, STOW_AET = "ICHEXPANSION", "ORTHANCSRC", "ORTHANCWEB"
+AUTOROUTE_LUA = Path(__file__).resolve().parents[1] / "deploy" / "orthanc" / "ich-autoroute.lua"
 RESULT_MODALITIES = {"SEG", "SR", "OT"}  # highdicom's secondary capture carries Modality OT
 
 
@@ -38,7 +39,9 @@ RESULT_MODALITIES = {"SEG", "SR", "OT"}  # highdicom's secondary capture carries
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, Orthanc, ServerProcess, int]]:
     root = tmp_path_factory.mktemp("pacs")
     dicom_port = free_port()
-    source = start_orthanc(root / "source", SOURCE_AET, {"ich": (SERVICE_AET, dicom_port)}, dicomweb=False)
+    # the source PACS routes stable studies to the service with the Lua script of the README
+    source = start_orthanc(root / "source", SOURCE_AET, {"ich": (SERVICE_AET, dicom_port)}, dicomweb=False,
+                           lua_scripts=(AUTOROUTE_LUA,))
     web = start_orthanc(root / "web", STOW_AET, dicomweb=True)
     try:
         server = start_server(root, env={
@@ -59,13 +62,13 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, Or
 
 @pytest.fixture(scope="module")
 def study(pacs, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A 12-slice phantom study sent by the source Orthanc; its results in both PACS."""
+    """A 12-slice phantom study stored in the source Orthanc, which routes it to the service once stable (Lua
+    ``OnStableStudy``); its results in both PACS."""
     source, web, server, _ = pacs
     paths = write_phantom_series(tmp_path_factory.mktemp("study"), n_slices=12, size=64, seed=3)
     study_uid = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
-    orthanc_study = source.upload(paths)
+    source.upload(paths)
     t0 = time.monotonic()
-    source.post("/modalities/ich/store", {"Resources": [orthanc_study], "Synchronous": True})
     in_source = source.wait_for_modalities(study_uid, {"CT", *RESULT_MODALITIES})
     in_web = web.wait_for_modalities(study_uid, RESULT_MODALITIES)
     return {"paths": paths, "uid": study_uid, "source": in_source, "web": in_web, "seconds": time.monotonic() - t0}
@@ -140,7 +143,8 @@ def test_seg_frames_line_up_with_the_source_slices(pacs, study: dict) -> None:
 
 def test_resent_study_is_not_analysed_twice(pacs, study: dict) -> None:
     source, _, server, _ = pacs
-    # the CT instances again (the study now also holds the results, which the listener answers with 0x0122)
+    # the CT instances again through Orthanc's REST API (not the whole study: it now also holds the results, which
+    # the listener answers with 0x0122)
     source.post("/modalities/ich/store", {"Resources": study["source"]["CT"], "Synchronous": True})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _metric(server, "ich_dicom_series_total", outcome="already_analysed") < 1:
