@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from prometheus_client import CollectorRegistry
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
 from app.api.settings import ServiceSettings
 from app.dicom_network.destinations import CStoreDestination, StowDestination, parse_destinations
@@ -29,6 +29,7 @@ from app.dicom_network.spool import Spool
 from tests.service_fixtures import write_phantom_series
 
 pynetdicom = pytest.importorskip("pynetdicom")
+STABLE_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,11 @@ def series_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_phantom_series(tmp_path_factory.mktemp("ct"), n_slices=4, size=16)
 
 
-def _listener(tmp_path: Path, **overrides) -> tuple[Listener, Spool, DicomMetrics]:
+def _listener(tmp_path: Path, clock=time.monotonic, **overrides) -> tuple[Listener, Spool, DicomMetrics]:
     settings = ServiceSettings(dicom_port=0, dicom_host="127.0.0.1", dicom_allowed_calling_aets="TESTSCU,OTHER",
                                **overrides)
-    spool = Spool(tmp_path / "work", stable_s=0.3, max_series_per_study=settings.dicom_max_series_per_study)
+    spool = Spool(tmp_path / "work", stable_s=STABLE_S, max_series_per_study=settings.dicom_max_series_per_study,
+                  clock=clock)
     metrics = DicomMetrics(CollectorRegistry())
     listener = Listener(settings, spool, metrics)
     listener.start()
@@ -137,7 +139,8 @@ def test_association_and_study_limits(tmp_path: Path, series_files: list[Path]) 
 
 
 def test_stable_series_are_handed_out_once_and_recovered(tmp_path: Path, series_files: list[Path]) -> None:
-    listener, spool, _ = _listener(tmp_path)
+    now = [1000.0]
+    listener, spool, _ = _listener(tmp_path, clock=lambda: now[0])
     try:
         assoc = _associate(listener)
         for p in series_files:
@@ -145,17 +148,37 @@ def test_stable_series_are_handed_out_once_and_recovered(tmp_path: Path, series_
         assoc.release()
     finally:
         listener.stop()
+    now[0] += STABLE_S - 0.1
     assert spool.take_stable() == []  # not quiet long enough yet
-    time.sleep(0.35)
+    now[0] += 0.1
     (batch,) = spool.take_stable()
     assert len(batch.files()) == len(series_files) and spool.pending() == 0
     assert batch.series_uid == pydicom.dcmread(series_files[0]).SeriesInstanceUID
-    again = Spool(tmp_path / "work", stable_s=0.3, max_series_per_study=5)  # a restart finds the batch
+    again = Spool(tmp_path / "work", stable_s=STABLE_S, max_series_per_study=5)  # a restart finds the batch
     (recovered,) = again.recover()
     assert recovered.series_uid == batch.series_uid and len(recovered.files()) == len(series_files)
     again.finish(recovered, "digest-1")
     assert again.already_done(recovered, "digest-1") and not again.already_done(recovered, "digest-2")
     assert not recovered.directory.exists()
+
+
+def test_compressed_ct_is_accepted_as_sent(tmp_path: Path, series_files: list[Path]) -> None:
+    listener, spool, _ = _listener(tmp_path)
+    try:
+        ae = pynetdicom.AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, RLELossless)
+        assoc = ae.associate(*listener.address, ae_title="ICHEXPANSION")
+        assert assoc.is_established and assoc.accepted_contexts[0].transfer_syntax[0] == RLELossless
+        ds = pydicom.dcmread(series_files[0])
+        ds.compress(RLELossless)
+        assert _status(assoc, ds) == 0x0000
+        assoc.release()
+    finally:
+        listener.stop()
+    (stored,) = spool.spool_dir.glob("*/*.dcm")
+    back = pydicom.dcmread(stored)
+    assert back.file_meta.TransferSyntaxUID == RLELossless
+    assert (back.pixel_array == pydicom.dcmread(series_files[0]).pixel_array).all()
 
 
 def test_transfer_syntaxes_cover_the_decoders() -> None:

@@ -50,7 +50,6 @@ class SeriesState:
     directory: Path
     last_arrival: float
     instances: set[str] = field(default_factory=set)
-    nbytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,7 @@ class Spool:
         part.write_bytes(data)
         os.replace(part, target)
         with self._lock:
-            state.nbytes += len(data) if new else 0
-            state.last_arrival = self._clock()
+            state.last_arrival = self._clock()  # a slow write does not make the series look stable early
         return new
 
     # --- handing out --------------------------------------------------------------------------------------
