@@ -6,7 +6,9 @@ An ingested series (:class:`~app.ingestion.types.IngestedSeries`: HU, LPS, z-y-x
 * the result document, :class:`~app.result_schema.PredictionResponse` (:func:`build_document`): the JSON of
   ``POST /v1/predictions``; :func:`local_document` turns it into the ``result.json`` the CLI writes;
 * the result files (:func:`compact_outputs`, :func:`render_files`): the NIfTI mask and DICOM SEG on the analysis
-  grid and the PNG overview, rendered from a :class:`~app.outputs.CompactResult`.
+  grid and the PNG overview, rendered from a :class:`~app.outputs.CompactResult`; with the document attached
+  (:meth:`CompactResult.with_document <app.outputs.CompactResult.with_document>`) also the DICOM SR and the
+  secondary-capture summary.
 
 Stage timings (ms) come from one place, :class:`StageTimings`: the predictor's stages (``preprocess``,
 ``inference``, ``postprocess``) as :class:`~app.inference.Predictor` measured them, plus the caller's own stages
@@ -168,6 +170,8 @@ def build_document(
             mask_nifti=f"{prefix}/mask.nii.gz",
             seg_dicom=f"{prefix}/seg.dcm" if series.source_headers else None,
             overlay_png=f"{prefix}/overlay.png",
+            sr_dicom=f"{prefix}/sr.dcm" if series.source_headers else None,
+            summary_dicom=f"{prefix}/summary.dcm" if series.source_headers else None,
         ),
         timings_ms=timings,
     )

@@ -86,6 +86,10 @@ class Links(BaseModel):
     mask_nifti: str
     seg_dicom: str | None = Field(None, description="null when the input has no DICOM source instances (NIfTI)")
     overlay_png: str
+    sr_dicom: str | None = Field(None, description="DICOM SR (TID 1500 measurement report); null without DICOM "
+                                 "source instances (NIfTI)")
+    summary_dicom: str | None = Field(None, description="Secondary-capture summary image; null without DICOM "
+                                      "source instances (NIfTI)")
 
 
 class PredictionResponse(BaseModel):

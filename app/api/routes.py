@@ -16,6 +16,8 @@ FILE_TYPES = {
     "mask.nii.gz": "application/gzip",
     "seg.dcm": "application/dicom",
     "overlay.png": "image/png",
+    "sr.dcm": "application/dicom",
+    "summary.dcm": "application/dicom",
 }
 
 

@@ -39,7 +39,8 @@ from app.result import PredictionResponse, StageTimings, build_document, compact
 
 __all__ = ["Admission", "Job", "PredictionService", "build_response", "compact_outputs", "render_files"]
 
-RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png"}
+RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png",
+                 "sr.dcm": "render_sr", "summary.dcm": "render_summary"}
 
 log = logging.getLogger("app.api.service")
 
@@ -267,6 +268,7 @@ class PredictionService:
             compact = await self._cpu(compact_outputs, predictor, series, result)
         pid = uuid.uuid4().hex
         document = build_document(pid, predictor, series, result, timings.ms, job.onset_to_ct_hours, base_url)
+        compact = compact.with_document(document)  # the SR and the summary report the document's figures
         self.store.put(pid, document, compact=compact)
         self.update_store_metrics()
         log.info("prediction done", extra={

@@ -61,5 +61,28 @@ class ServiceSettings(BaseSettings):
     result_max_items: int = Field(200, ge=1, description="Results kept at most")
     result_max_bytes: int = Field(512 * 1024**2, gt=0, description="Bytes of stored results and files at most")
 
+    # --- DICOM network (app/dicom_network) ---------------------------------------------------------------
+    dicom_port: int | None = Field(None, ge=0, le=65535, description="Port of the DICOM listener (C-ECHO, CT "
+                                   "C-STORE); unset: no listener")
+    dicom_host: str | None = Field(None, description="Bind address of the DICOM listener (default: ICH_HOST)")
+    dicom_ae_title: str = Field("ICHEXPANSION", min_length=1, max_length=16, description="The listener's AE title")
+    dicom_allowed_calling_aets: str = Field("", description="Comma-separated calling AE titles allowed to "
+                                            "associate; empty: any (logged at start-up)")
+    series_stable_s: float = Field(10.0, gt=0, description="A received series is analysed once no instance has "
+                                   "arrived for this long")
+    dicom_work_dir: Path = Field(Path("dicom-work"), description="Spool of received series and outbox of results "
+                                 "(kept across restarts)")
+    dicom_max_association_bytes: int = Field(2 * 1024**3, gt=0, description="Bytes received per association")
+    dicom_max_association_instances: int = Field(5000, ge=1, description="Instances received per association")
+    dicom_max_series_per_study: int = Field(20, ge=1, description="Series of one study spooled at once")
+    dicom_max_associations: int = Field(8, ge=1, description="Simultaneous associations")
+    dicom_destinations: str = Field("", description="Comma-separated result destinations: AET@host:port "
+                                    "(C-STORE) or http(s):// DICOMweb base URLs (STOW-RS)")
+    dicom_retry_base_s: float = Field(2.0, gt=0, description="First retry delay of a failed send (doubles)")
+    dicom_retry_max_s: float = Field(300.0, gt=0, description="Longest retry delay of a failed send")
+    dicom_retry_max_attempts: int = Field(20, ge=1, description="Attempts before a send is given up (kept in "
+                                          "the outbox's failed folder)")
+    dicom_send_timeout_s: float = Field(60.0, gt=0, description="Network timeout of one send")
+
     def api_key_entries(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

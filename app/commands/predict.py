@@ -1,8 +1,9 @@
 """``python -m app predict INPUT... --out DIR``: one prediction without a server.
 
-Writes ``result.json`` (the same JSON as ``POST /v1/predictions``), ``mask.nii.gz``, ``seg.dcm`` and
-``overlay.png`` to ``--out``. The input is a DICOM series (files, folders, ZIPs) or one HU NIfTI volume (``.nii``,
-``.nii.gz``); a NIfTI input has no source instances, so ``seg.dcm`` is not written: the reason is printed on
+Writes ``result.json`` (the same JSON as ``POST /v1/predictions``), ``mask.nii.gz``, ``seg.dcm``,
+``overlay.png``, ``sr.dcm`` (DICOM SR measurement report) and ``summary.dcm`` (secondary-capture summary) to
+``--out``. The input is a DICOM series (files, folders, ZIPs) or one HU NIfTI volume (``.nii``,
+``.nii.gz``); a NIfTI input has no source instances, so the DICOM files are not written: the reason is printed on
 stderr and listed under ``files_not_written`` in result.json and ``not_written`` in the summary line on stdout.
 Exit codes: 0 success, 2 input refused (the refusal JSON on stderr), 3 weights could not be loaded.
 """
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from app.errors import IngestionError
     from app.inference import Predictor
     from app.ingestion import load_series
+    from app.outputs.compact import DOCUMENT_FILES
     from app.result import StageTimings, build_document, compact_outputs, local_document, unavailable_files
 
     try:
@@ -57,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
     with timings.stage("outputs"):
         compact = compact_outputs(predictor, series, result)
         files = compact.render_all()
-        not_written = unavailable_files(compact)
     document = build_document(uuid.uuid4().hex, predictor, series, result, timings.ms, args.onset_to_ct_hours)
+    compact = compact.with_document(document)  # the SR and the summary report the document's figures
+    files.update(compact.render_all([n for n in DOCUMENT_FILES if compact.unavailable(n) is None]))
+    not_written = unavailable_files(compact)
     body = local_document(document, files, not_written)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

@@ -18,12 +18,18 @@ renderers need, small and pixel-free where it concerns the source:
 A result without source instances (a NIfTI input) has no DICOM SEG: :meth:`CompactResult.unavailable` gives the
 machine-readable code and the reason, :attr:`CompactResult.available_files` lists what can be rendered, and
 rendering the SEG raises :class:`OutputUnavailable`.
+
+The DICOM SR (:mod:`app.outputs.sr`) and the secondary-capture summary (:mod:`app.outputs.summary`) also report
+the result document's figures (volume, probability, decision): they render once the document is attached with
+:meth:`CompactResult.with_document` (the service and the CLI attach it as soon as it is built). The SEG, SR and
+summary carry stable UIDs derived from the source instances and the weights (:attr:`CompactResult.result_uids`),
+and the SR references the SEG by its UID.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,16 +38,28 @@ import SimpleITK as sitk
 
 from app.outputs.nifti import mask_nifti_bytes
 from app.outputs.overlay import key_slices, render_panels
+from app.outputs.result_uids import ResultUids
 from app.outputs.seg import build_seg, seg_bytes
+from app.outputs.sr import build_sr, sr_bytes
+from app.outputs.summary import build_summary, summary_bytes, summary_image, summary_lines
 
-FILE_NAMES: tuple[str, ...] = ("mask.nii.gz", "seg.dcm", "overlay.png")
+FILE_NAMES: tuple[str, ...] = ("mask.nii.gz", "seg.dcm", "overlay.png", "sr.dcm", "summary.dcm")
+# the DICOM objects that reference the source instances (no NIfTI input can have them)
+DICOM_FILES: tuple[str, ...] = ("seg.dcm", "sr.dcm", "summary.dcm")
+# the files whose content is the result document's (volume, probability, ...): :meth:`CompactResult.with_document`
+DOCUMENT_FILES: tuple[str, ...] = ("sr.dcm", "summary.dcm")
 # Budget charged per pixel-free source header. A CT header without pixel data is 1-4 KiB as a pydicom
 # Dataset; 8 KiB also covers the Python object overhead.
 HEADER_NBYTES_ESTIMATE = 8 * 1024
+SEG_ROLE = "seg"
 SEG_NEEDS_DICOM_SOURCE = "seg_needs_dicom_source"
 SEG_NEEDS_DICOM_SOURCE_REASON = ("The DICOM SEG references the source DICOM instances; this prediction was made "
                                  "from a NIfTI volume, which has none. Use mask.nii.gz instead.")
 NOT_DETECTED_LABEL = "No haematoma detected"
+NEEDS_DICOM_SOURCE_REASON = ("The DICOM result objects reference the source DICOM instances; this prediction was "
+                             "made from a NIfTI volume, which has none. Use mask.nii.gz and result.json instead.")
+NEEDS_DICOM_SOURCE = "needs_dicom_source"
+NEEDS_DOCUMENT = "needs_result_document"
 
 
 class OutputUnavailable(KeyError):
@@ -80,6 +98,19 @@ class CompactResult:
     algorithm_name: str
     algorithm_version: str
     detected: bool = True  # False: the detection rule rejected the mask (the mask is empty)
+    document: Mapping[str, Any] | None = None  # the result document as JSON, for the SR and the summary
+
+    def with_document(self, document: Any) -> CompactResult:
+        """A copy that also renders :data:`DOCUMENT_FILES` (SR, summary) from ``document``: a
+        :class:`~app.result_schema.PredictionResponse` or its JSON dict."""
+        body = document.model_dump(mode="json") if hasattr(document, "model_dump") else dict(document)
+        return replace(self, document=body)
+
+    @property
+    def result_uids(self) -> ResultUids:
+        """The stable UIDs of this result's DICOM objects (:mod:`app.outputs.result_uids`)."""
+        return ResultUids.for_sources((str(h.SOPInstanceUID) for h in self.source_headers),
+                                      self.algorithm_name, self.algorithm_version)
 
     @classmethod
     def from_prediction(cls, series: Any, result: Any, *, algorithm_name: str, algorithm_version: str,
@@ -155,6 +186,11 @@ class CompactResult:
         """Why file ``name`` of :data:`FILE_NAMES` cannot be produced for this result, or None when it can."""
         if name == "seg.dcm" and not self.source_headers:
             return OutputUnavailable(name, SEG_NEEDS_DICOM_SOURCE, SEG_NEEDS_DICOM_SOURCE_REASON)
+        if name in DICOM_FILES and not self.source_headers:
+            return OutputUnavailable(name, NEEDS_DICOM_SOURCE, NEEDS_DICOM_SOURCE_REASON)
+        if name in DOCUMENT_FILES and self.document is None:
+            return OutputUnavailable(name, NEEDS_DOCUMENT, "This file is made from the result document, which "
+                                     "was not attached to the result (CompactResult.with_document).")
         return None
 
     @property
@@ -172,9 +208,22 @@ class CompactResult:
         if name == "mask.nii.gz":
             return mask_nifti_bytes(self.mask_image())
         if name == "seg.dcm":
+            uids = self.result_uids
             seg = build_seg(list(self.source_headers), self.source_slice_masks(),
-                            algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version)
+                            algorithm_name=self.algorithm_name, algorithm_version=self.algorithm_version,
+                            series_instance_uid=uids.series(SEG_ROLE), sop_instance_uid=uids.instance(SEG_ROLE))
             return seg_bytes(seg)
+        if name == "sr.dcm":
+            uids = self.result_uids
+            assert self.document is not None
+            return sr_bytes(build_sr(self.source_headers, self.document, uids, uids.series(SEG_ROLE),
+                                     uids.instance(SEG_ROLE)))
+        if name == "summary.dcm":
+            assert self.document is not None
+            picks = list(self.overlay_indices)
+            lines = summary_lines(self.document, picks, self.shape_zyx[0])
+            rgb = summary_image(self.overlay_hu, self.mask_array()[picks], self.spacing_zyx, lines)
+            return summary_bytes(build_summary(self.source_headers, rgb, self.result_uids, lines))
         if name == "overlay.png":
             mask = self.mask_array()
             picks = list(self.overlay_indices)
