@@ -151,3 +151,23 @@ def test_refusal_sr_states_the_code(headers: list[pydicom.Dataset]) -> None:
     (evaluation,) = group.get_qualitative_evaluations()
     assert evaluation.name.meaning == "Analysis refused" and evaluation.value.value == "missing_slices"
     assert evaluation.value.meaning == "Missing slices"
+
+
+def test_sr_reports_the_ncct_markers_and_the_bat_score(headers: list[pydicom.Dataset]) -> None:
+    document = _document(True)
+    document["ncct_markers"] = {
+        "blend": {"present": True, "measurement": "blend_contrast_hu", "value": 24.5, "unit": "HU",
+                  "threshold": 14.8},
+        "hypodensity": {"present": False, "measurement": "darkness_max_hu", "value": 3.25, "unit": "HU",
+                        "threshold": 8.0},
+    }
+    document["bat"] = {"score": 1, "points": {"blend": 1, "hypodensity": 0, "onset_lt_2_5h": None},
+                       "complete": False}
+    sr = hd.sr.srread(io.BytesIO(_compact(headers).with_document(document).render("sr.dcm")))
+    group = sr.content.get_volumetric_roi_measurement_groups()[0]
+    evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
+    values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+    assert evaluations["NCCT marker blend"] == "Yes" and evaluations["NCCT marker hypodensity"] == "No"
+    assert values["NCCT marker blend measurement"] == (pytest.approx(24.5), "[hnsf'U]")
+    assert values["BAT score"][0] == pytest.approx(1.0)
+    assert evaluations["BAT score includes the onset time"] == "No"

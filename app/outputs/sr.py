@@ -14,7 +14,9 @@ it to that tuple; nothing else changes. The default builders report:
 * the haematoma volume of the mask, mL (UCUM ``ml``), and the ABC/2 estimate, mL (method ``ABC/2``);
 * haematoma detected (yes/no);
 * the calibrated expansion probability (UCUM ``1``) and the decision threshold, and the decision (yes/no), or,
-  when there is no probability, the reason (``expansion.reason``, e.g. ``no_haematoma_detected``).
+  when there is no probability, the reason (``expansion.reason``, e.g. ``no_haematoma_detected``);
+* each NCCT marker read from the image (present yes/no; its measurement in HU, mL, a count or unitless) and the
+  BAT score with whether it includes the onset time, when the result has them.
 
 The model name and version are the group's algorithm identification (TID 4019) and the SR's manufacturer model
 name and software versions. Codes this service defines use the private coding scheme :data:`SCHEME` (``99ICH``).
@@ -92,8 +94,39 @@ def expansion_items(document: Mapping[str, Any], algorithm: hd.sr.AlgorithmIdent
     ]
 
 
+MARKER_UNITS = {"HU": hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit"), "mL": UNIT_ML,
+                "count": hd.sr.CodedConcept("{count}", "UCUM", "count"), "1": UNIT_ONE}
+BAT_SCORE = hd.sr.CodedConcept("BAT-SCORE", SCHEME, "BAT score")
+BAT_COMPLETE = hd.sr.CodedConcept("BAT-COMPLETE", SCHEME, "BAT score includes the onset time")
+
+
+def marker_concept(name: str, suffix: str = "") -> hd.sr.CodedConcept:
+    """The coded name of an NCCT marker (``blend``) or of its measurement (``suffix`` ``"-VALUE"``)."""
+    words = name.replace("_", " ")
+    meaning = f"NCCT marker {words}" + (" measurement" if suffix else "")
+    return hd.sr.CodedConcept(f"NCCT-{name.upper().replace('_', '-')}{suffix}"[:16], SCHEME, meaning[:64])
+
+
+def marker_items(document: Mapping[str, Any], algorithm: hd.sr.AlgorithmIdentification) -> list[ReportItem]:
+    """Each NCCT marker read from the image (present yes/no, and the measurement behind it with its unit) and the
+    BAT score; nothing when the result has no markers (no haematoma detected, or weights without markers)."""
+    markers = document.get("ncct_markers") or {}
+    items: list[ReportItem] = []
+    for name, finding in markers.items():
+        items.append(hd.sr.QualitativeEvaluation(marker_concept(name), _yes_no(bool(finding["present"]))))
+        items.append(hd.sr.Measurement(name=marker_concept(name, "-VALUE"), value=float(finding["value"]),
+                                       unit=MARKER_UNITS.get(str(finding["unit"]), UNIT_ONE),
+                                       algorithm_id=algorithm))
+    bat = document.get("bat")
+    if bat is not None:
+        items.append(hd.sr.Measurement(name=BAT_SCORE, value=float(bat["score"]), unit=UNIT_ONE,
+                                       algorithm_id=algorithm))
+        items.append(hd.sr.QualitativeEvaluation(BAT_COMPLETE, _yes_no(bool(bat["complete"]))))
+    return items
+
+
 # Append a builder here to report a further finding of the result document.
-REPORT_ITEM_BUILDERS: tuple[ItemBuilder, ...] = (haematoma_items, expansion_items)
+REPORT_ITEM_BUILDERS: tuple[ItemBuilder, ...] = (haematoma_items, expansion_items, marker_items)
 
 
 def _algorithm(name: str, version: str) -> hd.sr.AlgorithmIdentification:
