@@ -11,6 +11,10 @@ service can run the CPU-heavy ones in a thread pool and the model in a single wo
 
 ``prepare`` (CPU: skull strip, resample, normalise) -> ``infer`` (device: forward pass) -> ``finish``
 (CPU: inverse mapping, threshold, detection, calibration, volumetry). :meth:`Predictor.predict` runs all three in sequence.
+
+Test-time augmentation (``tta_passes``, :mod:`app.model.uncertainty`) adds augmented forward passes to ``infer``
+and their measurements to ``finish`` (intervals of the volume and the expansion probability); the primary pass and
+everything reported from it are the same with or without it. Abstention reasons are set on every result.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class RawPrediction:
     probability_map: np.ndarray  # float32 (D, H, W), haematoma probability on the model grid
     expansion_probability: float
     inference_ms: float
+    # test-time augmentation passes: (probability map mapped back to the model grid, network expansion output)
+    tta: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -106,6 +112,12 @@ class PredictionResult:
     timings_ms: dict[str, float]
     network_probability: float = 0.0  # the network's own expansion output (0-1), before the expansion model
     clot_features: dict[str, float] = field(default_factory=dict)  # app.model.clot_features (empty: none)
+    # app.model.uncertainty: TTA intervals (None without TTA or without a detection), image statistics, abstention
+    tta_passes: int = 0
+    volume_interval_ml: tuple[float, float] | None = None
+    probability_interval: tuple[float, float] | None = None
+    image_statistics: dict[str, float] = field(default_factory=dict)
+    abstain_reasons: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers (without the mask)."""
@@ -150,13 +162,16 @@ class Predictor:
 
     def __init__(self, weights: Any, device: str | torch.device = "auto", amp: AmpMode = "auto",
                  *, channels_last: bool | Literal["auto"] = "auto", cuda_graphs: bool = False,
-                 compile: CompileMode = False):
+                 compile: CompileMode = False, tta_passes: int | None = None):
         """``weights``: a :class:`~app.weights.registry.LoadedWeights` (or anything with its fields).
         ``amp`` applies on CUDA only (the CPU path is float32: bf16 is emulated and slower without AMX);
         ``channels_last``: NDHWC weights and input; ``"auto"`` = on CUDA only (measured slower on this project's
         CPU reference machine, see :class:`app.model.runtime.InferenceRunner`); ``compile``: inductor with
         freezing (``"auto"`` = on CPU with a C++ compiler; the first forward pass compiles, so call
-        :meth:`warm_up` before timing-sensitive work; see :func:`app.model.runtime.resolve_compile`)."""
+        :meth:`warm_up` before timing-sensitive work; see :func:`app.model.runtime.resolve_compile`);
+        ``tta_passes``: augmented passes per series (None: :func:`app.model.uncertainty.default_passes`, on for
+        CUDA, off for CPU)."""
+        from app.model import uncertainty
         self.weights = weights
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.plans = weights.plans
@@ -169,17 +184,20 @@ class Predictor:
         self.amp_dtype = self.runner.autocast_dtype
         self.model = self.runner.model
         self.oom_count = 0
+        self.uncertainty = uncertainty.UncertaintySettings.from_manifest(getattr(weights, "manifest", None))
+        self.tta_passes = uncertainty.default_passes(self.device.type) if tta_passes is None else max(0, tta_passes)
+        self.augmentations = uncertainty.augmentations(self.tta_passes)
 
     @classmethod
     def from_registry(
         cls, weights_dir: Any, version: str | None = None, device: str = "auto", amp: AmpMode = "auto",
-        compile: CompileMode = False,
+        compile: CompileMode = False, tta_passes: int | None = None,
     ) -> Predictor:
         """Load (and checksum-verify) weights through :func:`app.weights.registry.load_weights`."""
         from app.weights.registry import load_weights
 
         dev = resolve_device(device)
-        return cls(load_weights(weights_dir, version, str(dev)), dev, amp, compile=compile)
+        return cls(load_weights(weights_dir, version, str(dev)), dev, amp, compile=compile, tta_passes=tta_passes)
 
     # --- stages -------------------------------------------------------------------------------------------
     def prepare(self, series: IngestedSeries) -> PreparedCase:
@@ -200,12 +218,17 @@ class Predictor:
         t0 = time.perf_counter()
         try:
             prob_map, expansion = self.runner.run(tensor)
+            tta = [self._augmented_pass(tensor, aug) for aug in self.augmentations]
         except torch.cuda.OutOfMemoryError as exc:
             self.oom_count += 1
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise InferenceOutOfMemory("the device ran out of memory for this series") from exc
-        return RawPrediction(prob_map, expansion, _ms(t0))
+        return RawPrediction(prob_map, expansion, _ms(t0), tta)
+
+    def _augmented_pass(self, tensor: np.ndarray, aug: Any) -> tuple[np.ndarray, float]:
+        prob, expansion = self.runner.run(aug.apply(np.asarray(tensor)))
+        return aug.invert(prob), expansion
 
     def finish(self, series: IngestedSeries, prepared: PreparedCase, raw: RawPrediction) -> PredictionResult:
         """Map probabilities back to the analysis grid, threshold, apply the detection rule, calibrate, and
@@ -264,8 +287,49 @@ class Predictor:
             clot_features=features,
             timings_ms=timings,
         )
+        self._add_uncertainty(series, prepared, raw, result)
         result.timings_ms["postprocess"] = _ms(t0)
         return result
+
+    def _measure_pass(self, series: IngestedSeries, prepared: PreparedCase, prob_map: np.ndarray,
+                      network_probability: float) -> tuple[float, float | None]:
+        """Volume (mL) and calibrated expansion probability of one TTA pass, measured like the primary pass
+        (probability None when the pass's mask fails the detection rule)."""
+        from app import volumetry
+        from app.model.clot_features import clot_features
+        from app.preprocessing import probabilities_to_reference
+
+        post = self.postprocessing
+        prob_ref = probabilities_to_reference(prob_map, prepared.grid, series.image)
+        mask = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
+        volume = float(volumetry.volume_ml(mask, series.spacing_zyx))
+        if not post.detection.detected(volume, mean_inside(prob_ref, mask)):
+            return 0.0, None
+        features = clot_features(sitk.GetArrayViewFromImage(series.image), mask, series.spacing_zyx)
+        return volume, post.calibration.apply(post.expansion_model.probability(network_probability, features))
+
+    def _add_uncertainty(self, series: IngestedSeries, prepared: PreparedCase, raw: RawPrediction,
+                         result: PredictionResult) -> None:
+        """TTA intervals (when passes ran and a haematoma was detected), image statistics and abstention."""
+        from app.model import uncertainty
+
+        settings = self.uncertainty
+        result.tta_passes = len(raw.tta)
+        result.image_statistics = uncertainty.image_statistics(series.hu_array)
+        if raw.tta and result.detected and result.probability is not None:
+            volumes, probabilities = [result.volume_ml], [result.probability]
+            for prob_map, network_probability in raw.tta:
+                volume, probability = self._measure_pass(series, prepared, prob_map, network_probability)
+                volumes.append(volume)
+                if probability is not None:
+                    probabilities.append(probability)
+            result.volume_interval_ml = uncertainty.interval("volume", result.volume_ml, volumes, settings)
+            result.probability_interval = uncertainty.interval("probability", result.probability, probabilities,
+                                                               settings)
+        result.abstain_reasons = uncertainty.abstain_reasons(
+            touches_fov_edge=result.touches_fov_edge, infratentorial=result.infratentorial,
+            statistics=result.image_statistics, probability_interval=result.probability_interval,
+            volume_interval=result.volume_interval_ml, volume_ml=result.volume_ml, settings=settings)
 
     def predict(self, series: IngestedSeries) -> PredictionResult:
         """All stages in sequence on the calling thread."""
@@ -304,5 +368,6 @@ class Predictor:
             "plans": w.plans.model_dump(mode="json"), "config": w.config.model_dump(mode="json"),
             "parameter_count": count_parameters(self.model), "device": str(self.device),
             "runtime": self.runner.describe(), "postprocessing": self.postprocessing.model_dump(mode="json"),
+            "uncertainty": {**self.uncertainty.model_dump(mode="json"), "tta_passes": self.tta_passes},
         })
         return body

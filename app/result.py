@@ -26,12 +26,14 @@ from app.inference import EXPANSION_DEFINITION, PredictionResult
 from app.model.postprocessing import result_warnings
 from app.outputs import FILE_NAMES, CompactResult
 from app.result_schema import (
+    Abstain,
     Expansion,
     Haematoma,
     InputSummary,
     Links,
     ModelRef,
     PredictionResponse,
+    ProbabilityInterval,
     WarningItem,
 )
 
@@ -146,6 +148,9 @@ def build_document(
             predicted=result.predicted,
             reason=result.reason,
             definition=expansion_definition(w),
+            interval=None if result.probability_interval is None else ProbabilityInterval(
+                level=predictor.uncertainty.level, low=result.probability_interval[0],
+                high=result.probability_interval[1], passes=result.tta_passes),
         ),
         haematoma=Haematoma(
             detected=result.detected,
@@ -155,6 +160,7 @@ def build_document(
             touches_fov_edge=result.touches_fov_edge,
             infratentorial=result.infratentorial,
             measurements={k: round(float(v), 6) for k, v in result.clot_features.items()},
+            volume_interval_ml=result.volume_interval_ml,
         ),
         links=Links(
             self=prefix,
@@ -163,6 +169,7 @@ def build_document(
             overlay_png=f"{prefix}/overlay.png",
         ),
         timings_ms=timings,
+        abstain=Abstain(value=bool(result.abstain_reasons), reasons=list(result.abstain_reasons)),
     )
 
 

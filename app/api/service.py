@@ -32,6 +32,7 @@ from app.api.problems import Problem
 from app.api.settings import ServiceSettings
 from app.api.store import ResultStore
 from app.api.uploads import Upload, receive_upload
+from app.comparison import subject_of, subject_store_key
 from app.errors import IngestionError, RefusalCode
 from app.inference import InferenceOutOfMemory, PredictionResult, Predictor
 from app.outputs import CompactResult
@@ -92,7 +93,7 @@ class PredictionService:
         try:
             t0 = time.perf_counter()
             self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp,
-                                                                  compile=s.compile)
+                                                                  compile=s.compile, tta_passes=s.tta_passes)
             if s.warmup_passes:
                 self.predictor.warm_up(s.warmup_passes)
             info = self.predictor.model_summary()
@@ -268,6 +269,8 @@ class PredictionService:
         pid = uuid.uuid4().hex
         document = build_document(pid, predictor, series, result, timings.ms, job.onset_to_ct_hours, base_url)
         self.store.put(pid, document, compact=compact)
+        # what POST /v1/comparisons needs (volume, identity hash, acquisition time), kept beside the document
+        self.store.put(subject_store_key(pid), subject_of(pid, series, result, s.identity_key.encode() or None))
         self.update_store_metrics()
         log.info("prediction done", extra={
             "prediction_id": pid, "series": pseudonym(series.series_instance_uid),

@@ -42,6 +42,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "mimics",  # synthetic: haemorrhage mimics in the head, ";"-separated (informational)
     "followup_image",  # the follow-up scan (DICOM folder or NIfTI), same geometry rules as `image`
     "label_source",  # where `label` came from (model_training.commands.label_followup writes it)
+    "followup_label",  # label-followup: the label the two predicted volumes give
+    "predicted_baseline_volume_ml",  # label-followup: predicted volumes (mL) of the baseline and follow-up scans
+    "predicted_followup_volume_ml",
 )
 # The paper: training cohort February 2012 - August 2018, test cohort September 2018 - October 2019.
 PAPER_CUTOFF = dt.date(2018, 9, 1)
