@@ -81,6 +81,8 @@ class SyntheticCase:
     risk_image: float | None = None  # the same averaged over the onset-time prior (what the image can show)
     scan: str = "baseline"  # "baseline" or "followup" (model_training.synthetic.followup)
     hours_after_baseline: float = 0.0  # follow-up scans: acquisition time after the baseline scan (hours)
+    # (ich_free_fraction, ivh_only_fraction, overrides) this case was drawn with, so its follow-up repeats them
+    draw_args: tuple[float, float, dict[str, Any]] = field(default=(0.0, 0.15, {}), repr=False)
 
     @property
     def has_haematoma(self) -> bool:
@@ -300,4 +302,5 @@ def render_case(seed: int, index: int, ich_free_fraction: float, ivh_only_fracti
         risk_image=None if risk_image is None else round(risk_image, 6),
         scan="baseline" if followup is None else "followup",
         hours_after_baseline=round(hours_after, 4),
+        draw_args=(ich_free_fraction, ivh_only_fraction, dict(overrides)),
     )

@@ -59,12 +59,12 @@ def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _write_followup(case: Any, case_dir: Path, formats: tuple[str, ...], transfer_syntax: str | None,
-                    ich_free_fraction: float) -> tuple[Path, Path]:
+def _write_followup(case: Any, case_dir: Path, formats: tuple[str, ...], transfer_syntax: str | None
+                    ) -> tuple[Path, Path]:
     """Write the follow-up scan of ``case``; return (image: DICOM folder or NIfTI image, mask)."""
     from model_training.synthetic.followup import generate_followup
 
-    fu = generate_followup(case.seed, case.index, case, ich_free_fraction=ich_free_fraction)
+    fu = generate_followup(case.seed, case.index, case)
     fu_dir = case_dir / "followup"
     if "dicom" in formats:
         write_dicom_series(fu, fu_dir / "dicom", transfer_syntax=transfer_syntax)
@@ -93,7 +93,7 @@ def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float, bo
     row["followup_mask"] = ""
     row["followup_image"] = ""
     if followup and case.has_haematoma:
-        fu_image, fu_mask = _write_followup(case, case_dir, formats, transfer_syntax, ich_free_fraction)
+        fu_image, fu_mask = _write_followup(case, case_dir, formats, transfer_syntax)
         row["followup_image"], row["followup_mask"] = rel(fu_image), rel(fu_mask)
     row["baseline_volume_ml"] = f"{case.baseline_volume_ml:.3f}"
     row["admission_date"] = case.admission_date.isoformat()

@@ -82,15 +82,19 @@ def _volume_matched_renderer(voxel_tolerance: int = 2):
 def generate_followup(seed: int, index: int, baseline: SyntheticCase | None = None, *,
                       ich_free_fraction: float = 0.0, ivh_only_fraction: float = 0.15,
                       **overrides: Any) -> SyntheticCase:
-    """The follow-up scan of case ``index`` of cohort ``seed`` (arguments as :func:`generate_case`, whose result
-    ``baseline`` is, when the caller already has it). Its ``mask`` is the follow-up haematoma (volume
-    ``mask_volume_ml``, within 0.5 % of ``baseline.followup_volume_ml``); ``baseline_volume_ml``,
-    ``followup_volume_ml`` and ``label`` are the baseline's."""
+    """The follow-up scan of case ``index`` of cohort ``seed``, drawn with the arguments of :func:`generate_case`,
+    or, when the caller already has the baseline (``baseline``), with the arguments it was drawn with (then no
+    others may be given). Its ``mask`` is the follow-up haematoma (volume ``mask_volume_ml``, within 0.5 % of
+    ``baseline.followup_volume_ml``); ``baseline_volume_ml``, ``followup_volume_ml`` and ``label`` are the
+    baseline's."""
     if baseline is None:
         baseline = generate_case(seed, index, ich_free_fraction=ich_free_fraction,
                                  ivh_only_fraction=ivh_only_fraction, **overrides)
+    elif overrides or (ich_free_fraction, ivh_only_fraction) != (0.0, 0.15):
+        raise TypeError("give either the baseline case or the arguments to draw it, not both")
     if (baseline.seed, baseline.index) != (seed, index):
         raise ValueError("baseline is not case (seed, index)")
+    ich_free_fraction, ivh_only_fraction, overrides = baseline.draw_args
     plan = FollowupPlan(target_volume_ml=baseline.followup_volume_ml, baseline_volume_ml=baseline.baseline_volume_ml,
                         place=place_followup_head, render_haematoma=_volume_matched_renderer())
     return render_case(seed, index, ich_free_fraction, ivh_only_fraction, dict(overrides), plan)
