@@ -8,8 +8,10 @@ Per scan (the baseline ``image`` and, with ``--followup``, the ``followup_image`
 * ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level``, and
   the range of every image statistic over the cohort widened by 10 % of its span, written into the weights
   manifest's ``"uncertainty"`` block with ``--write`` (printed otherwise).
-* without ``--fit``: the coverage and mean width of the intervals of the current settings on this cohort (use a
-  held-out seed), and the cost of one TTA pass (request time with and without TTA on ``--timing-scans`` scans).
+* without ``--fit``: the coverage and mean width of the intervals under the weights' current settings on this
+  cohort (use a held-out seed; recomputed from the cached estimates and scales, so a report after a new fit needs
+  no new predictions), and the cost of one TTA pass (request time with and without TTA on ``--timing-scans``
+  scans).
 
 ``--samples`` caches the per-scan predictions (JSON) so that a fit and a report can share one run.
 """
@@ -105,19 +107,40 @@ def _conformal_q(scores: list[float], level: float) -> float | None:
     return float(ordered[rank - 1])
 
 
-def _report(data: dict[str, Any], level: float) -> dict[str, Any]:
+def _intervals(scan: dict[str, Any], settings: Any) -> tuple[Any, Any]:
+    """The scan's intervals under ``settings`` (its quantiles), from the stored estimates and scales."""
+    from app.model.uncertainty import _logit
+
+    vol = prob = None
+    if scan.get("volume_scale") is not None:
+        half = settings.quantile(settings.volume) * scan["volume_scale"]
+        vol = (max(0.0, scan["volume_ml"] - half), scan["volume_ml"] + half)
+    if scan.get("probability_scale") is not None and scan.get("probability") is not None:
+        half = settings.quantile(settings.probability) * scan["probability_scale"]
+        c = _logit(scan["probability"])
+        prob = tuple(1.0 / (1.0 + math.exp(-(c + k * half))) for k in (-1.0, 1.0))
+    return vol, prob
+
+
+def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """Coverage and mean width of the intervals under ``settings`` (the weights' current block), TTA cost."""
     import numpy as np
 
-    scans = [s for s in data["scans"] if s.get("detected") and s.get("volume_interval_ml")]
-    vol_cov = [s["volume_interval_ml"][0] <= s["volume_true_ml"] <= s["volume_interval_ml"][1] for s in scans]
-    vol_w = [s["volume_interval_ml"][1] - s["volume_interval_ml"][0] for s in scans]
-    prob = [s for s in scans if s.get("risk_image") is not None and s.get("probability_interval")]
-    prob_cov = [s["probability_interval"][0] <= s["risk_image"] <= s["probability_interval"][1] for s in prob]
-    prob_w = [s["probability_interval"][1] - s["probability_interval"][0] for s in prob]
+    scans = [s for s in data["scans"] if s.get("detected") and s.get("volume_scale") is not None]
+    vol_cov, vol_w, prob_cov, prob_w = [], [], [], []
+    for s in scans:
+        vol, prob = _intervals(s, settings)
+        vol_cov.append(vol[0] <= s["volume_true_ml"] <= vol[1])
+        vol_w.append(vol[1] - vol[0])
+        if s.get("risk_image") is not None and prob is not None:
+            prob_cov.append(prob[0] <= s["risk_image"] <= prob[1])
+            prob_w.append(prob[1] - prob[0])
     t = data["timings"]
     per_pass = [(x["with_tta_s"] - x["without_s"]) / data["passes"] for x in t] if data["passes"] else []
     return {
-        "level": level, "passes": data["passes"], "scans": len(data["scans"]), "scans_with_interval": len(scans),
+        "level": settings.level, "q_volume": round(settings.quantile(settings.volume), 4),
+        "q_probability": round(settings.quantile(settings.probability), 4),
+        "passes": data["passes"], "scans": len(data["scans"]), "scans_with_interval": len(scans),
         "volume_coverage": round(float(np.mean(vol_cov)), 4) if vol_cov else None,
         "volume_mean_width_ml": round(float(np.mean(vol_w)), 3) if vol_w else None,
         "probability_coverage": round(float(np.mean(prob_cov)), 4) if prob_cov else None,
@@ -157,12 +180,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.samples is not None:
             args.samples.parent.mkdir(parents=True, exist_ok=True)
             args.samples.write_text(json.dumps(data, indent=1) + "\n")
-    if not args.fit:
-        print(json.dumps(_report(data, args.level)))
-        return 0
-    block = _fit(data, args.level, args.manifest)
     manifest_path = resolve_model_dir(args.weights_dir, args.version) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
+    if not args.fit:
+        print(json.dumps(_report(data, UncertaintySettings.from_manifest(manifest))))
+        return 0
+    block = _fit(data, args.level, args.manifest)
     current = manifest.get("uncertainty", {})
     block = {**current, **{k: v for k, v in block.items() if v is not None}}
     UncertaintySettings.model_validate(block)
