@@ -1,6 +1,7 @@
 """``POST /v1/comparisons``: haematoma growth between two stored predictions (thin: the work is in
-:mod:`app.comparison`). The predictions' :class:`~app.comparison.ScanSubject` entries are read from the result
-store by id, so any store backend that keeps JSON-able values serves them."""
+:mod:`app.comparison`). The predictions' :class:`~app.comparison.ScanSubject` entries are read by id from the
+service's subject store (``service.subjects``, the result store's kind), so any store backend that keeps JSON-able
+values serves them."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def build_comparison_router() -> APIRouter:
         identity or acquisition date (e.g. a NIfTI volume)."""
         subjects: list[ScanSubject] = []
         for role, pid in (("baseline", body.baseline), ("follow-up", body.followup)):
-            entry = service.store.get(subject_store_key(pid)) if "/" not in pid else None
+            entry = service.subjects.get(subject_store_key(pid)) if "/" not in pid else None
             subject = _subject(entry.result) if entry is not None else None
             if subject is None:
                 raise Problem("not_found", f"No such {role} prediction (unknown or expired)")

@@ -78,6 +78,10 @@ class PredictionService:
         self.settings = settings
         self.metrics = metrics
         self.store = ResultStore(settings.result_max_items, settings.result_max_bytes, settings.result_ttl_s)
+        # what POST /v1/comparisons needs of each prediction (app.comparison.ScanSubject, under subject_store_key):
+        # as many entries and as long as the results, kept apart so that it does not count against them
+        self.subjects = ResultStore(settings.result_max_items, settings.result_max_items * 4096,
+                                    settings.result_ttl_s)
         self.predictor: Predictor | None = None
         self.ready = False
         self.not_ready_reason = "loading model"
@@ -269,8 +273,7 @@ class PredictionService:
         pid = uuid.uuid4().hex
         document = build_document(pid, predictor, series, result, timings.ms, job.onset_to_ct_hours, base_url)
         self.store.put(pid, document, compact=compact)
-        # what POST /v1/comparisons needs (volume, identity hash, acquisition time), kept beside the document
-        self.store.put(subject_store_key(pid), subject_of(pid, series, result, s.identity_key.encode() or None))
+        self.subjects.put(subject_store_key(pid), subject_of(pid, series, result, s.identity_key.encode() or None))
         self.update_store_metrics()
         log.info("prediction done", extra={
             "prediction_id": pid, "series": pseudonym(series.series_instance_uid),
