@@ -287,49 +287,11 @@ class Predictor:
             clot_features=features,
             timings_ms=timings,
         )
-        self._add_uncertainty(series, prepared, raw, result)
+        from app.model.uncertainty import add_uncertainty
+
+        add_uncertainty(self, series, prepared, raw, result)  # TTA intervals, image statistics, abstention
         result.timings_ms["postprocess"] = _ms(t0)
         return result
-
-    def _measure_pass(self, series: IngestedSeries, prepared: PreparedCase, prob_map: np.ndarray,
-                      network_probability: float) -> tuple[float, float | None]:
-        """Volume (mL) and calibrated expansion probability of one TTA pass, measured like the primary pass
-        (probability None when the pass's mask fails the detection rule)."""
-        from app import volumetry
-        from app.model.clot_features import clot_features
-        from app.preprocessing import probabilities_to_reference
-
-        post = self.postprocessing
-        prob_ref = probabilities_to_reference(prob_map, prepared.grid, series.image)
-        mask = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
-        volume = float(volumetry.volume_ml(mask, series.spacing_zyx))
-        if not post.detection.detected(volume, mean_inside(prob_ref, mask)):
-            return 0.0, None
-        features = clot_features(sitk.GetArrayViewFromImage(series.image), mask, series.spacing_zyx)
-        return volume, post.calibration.apply(post.expansion_model.probability(network_probability, features))
-
-    def _add_uncertainty(self, series: IngestedSeries, prepared: PreparedCase, raw: RawPrediction,
-                         result: PredictionResult) -> None:
-        """TTA intervals (when passes ran and a haematoma was detected), image statistics and abstention."""
-        from app.model import uncertainty
-
-        settings = self.uncertainty
-        result.tta_passes = len(raw.tta)
-        result.image_statistics = uncertainty.image_statistics(series.hu_array)
-        if raw.tta and result.detected and result.probability is not None:
-            volumes, probabilities = [result.volume_ml], [result.probability]
-            for prob_map, network_probability in raw.tta:
-                volume, probability = self._measure_pass(series, prepared, prob_map, network_probability)
-                volumes.append(volume)
-                if probability is not None:
-                    probabilities.append(probability)
-            result.volume_interval_ml = uncertainty.interval("volume", result.volume_ml, volumes, settings)
-            result.probability_interval = uncertainty.interval("probability", result.probability, probabilities,
-                                                               settings)
-        result.abstain_reasons = uncertainty.abstain_reasons(
-            touches_fov_edge=result.touches_fov_edge, infratentorial=result.infratentorial,
-            statistics=result.image_statistics, probability_interval=result.probability_interval,
-            volume_interval=result.volume_interval_ml, volume_ml=result.volume_ml, settings=settings)
 
     def predict(self, series: IngestedSeries) -> PredictionResult:
         """All stages in sequence on the calling thread."""

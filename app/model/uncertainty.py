@@ -189,3 +189,47 @@ def abstain_reasons(*, touches_fov_edge: bool, infratentorial: bool, statistics:
             reasons.append(AbstainReason.IMAGE_STATISTICS_OUT_OF_RANGE)
             break
     return [str(r) for r in reasons]
+
+
+# --- the predictor's hook -------------------------------------------------------------------------------------
+def measure_pass(predictor: Any, series: Any, prepared: Any, prob_map: np.ndarray,
+                 network_probability: float) -> tuple[float, float | None]:
+    """Volume (mL) and calibrated expansion probability of one TTA pass (``prob_map``: model grid), measured
+    like the primary pass of :meth:`app.inference.Predictor.finish` (probability None when the pass's mask fails
+    the detection rule)."""
+    import SimpleITK as sitk
+
+    from app import volumetry
+    from app.model.clot_features import clot_features
+    from app.model.postprocessing import mean_inside
+    from app.preprocessing import probabilities_to_reference
+
+    post = predictor.postprocessing
+    prob_ref = probabilities_to_reference(prob_map, prepared.grid, series.image)
+    mask = (prob_ref >= predictor.plans.mask_threshold).astype(np.uint8)
+    volume = float(volumetry.volume_ml(mask, series.spacing_zyx))
+    if not post.detection.detected(volume, mean_inside(prob_ref, mask)):
+        return 0.0, None
+    features = clot_features(sitk.GetArrayViewFromImage(series.image), mask, series.spacing_zyx)
+    return volume, post.calibration.apply(post.expansion_model.probability(network_probability, features))
+
+
+def add_uncertainty(predictor: Any, series: Any, prepared: Any, raw: Any, result: Any) -> None:
+    """Set on ``result`` (a :class:`~app.inference.PredictionResult`): the TTA intervals (when ``raw.tta`` holds
+    passes and a haematoma was detected), the image statistics and the abstention reasons."""
+    settings: UncertaintySettings = predictor.uncertainty
+    result.tta_passes = len(raw.tta)
+    result.image_statistics = image_statistics(series.hu_array)
+    if raw.tta and result.detected and result.probability is not None:
+        volumes, probabilities = [result.volume_ml], [result.probability]
+        for prob_map, network_probability in raw.tta:
+            volume, probability = measure_pass(predictor, series, prepared, prob_map, network_probability)
+            volumes.append(volume)
+            if probability is not None:
+                probabilities.append(probability)
+        result.volume_interval_ml = interval("volume", result.volume_ml, volumes, settings)
+        result.probability_interval = interval("probability", result.probability, probabilities, settings)
+    result.abstain_reasons = abstain_reasons(
+        touches_fov_edge=result.touches_fov_edge, infratentorial=result.infratentorial,
+        statistics=result.image_statistics, probability_interval=result.probability_interval,
+        volume_interval=result.volume_interval_ml, volume_ml=result.volume_ml, settings=settings)

@@ -3,7 +3,8 @@ image-statistics ranges of abstention (:mod:`app.model.uncertainty`) on a labell
 serving path (:func:`app.ingestion.load_series`, :class:`app.inference.Predictor` with ``--passes`` TTA passes).
 
 Per scan (the baseline ``image`` and, with ``--followup``, the ``followup_image``) the truth is the mask volume
-(mL; ``mask`` / ``followup_mask``) and, for baselines, the image-only expansion probability ``risk_image``.
+(mL; ``mask`` / ``followup_mask``) and, for baselines, the image-only expansion probability ``risk_image``. Only
+detected true haematomas are scored (a detection on a head without haemorrhage is counted apart).
 
 * ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level``, and
   the range of every image statistic over the cohort widened by 10 % of its span, written into the weights
@@ -86,12 +87,18 @@ def _scale(predictor: Any, result: Any, kind: str) -> float | None:
     return None if iv is None else (_logit(iv[1]) - _logit(result.probability)) / q
 
 
+def _scored(scan: dict[str, Any]) -> bool:
+    """A scan whose intervals are scored: a true haematoma that was detected (with TTA). A detection on a head
+    without haemorrhage is a detection error, not volume uncertainty, and is left out of fits and coverage."""
+    return bool(scan.get("detected")) and scan.get("volume_scale") is not None and scan["volume_true_ml"] > 0
+
+
 def _scores(scans: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     from app.model.uncertainty import _logit
 
     vol, prob = [], []
     for s in scans:
-        if not s.get("detected") or s.get("volume_scale") is None:
+        if not _scored(s):
             continue
         vol.append(abs(s["volume_true_ml"] - s["volume_ml"]) / s["volume_scale"])
         if s.get("risk_image") is not None and s.get("probability_scale"):
@@ -126,10 +133,15 @@ def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
     """Coverage and mean width of the intervals under ``settings`` (the weights' current block), TTA cost."""
     import numpy as np
 
-    scans = [s for s in data["scans"] if s.get("detected") and s.get("volume_scale") is not None]
-    vol_cov, vol_w, prob_cov, prob_w = [], [], [], []
+    scans = [s for s in data["scans"] if _scored(s)]
+    from app.model.uncertainty import abstain_reasons
+
+    vol_cov, vol_w, prob_cov, prob_w, too_wide = [], [], [], [], []
     for s in scans:
         vol, prob = _intervals(s, settings)
+        too_wide.append("interval_too_wide" in abstain_reasons(
+            touches_fov_edge=False, infratentorial=False, statistics={}, probability_interval=prob,
+            volume_interval=vol, volume_ml=s["volume_ml"], settings=settings))
         vol_cov.append(vol[0] <= s["volume_true_ml"] <= vol[1])
         vol_w.append(vol[1] - vol[0])
         if s.get("risk_image") is not None and prob is not None:
@@ -140,12 +152,15 @@ def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
     return {
         "level": settings.level, "q_volume": round(settings.quantile(settings.volume), 4),
         "q_probability": round(settings.quantile(settings.probability), 4),
-        "passes": data["passes"], "scans": len(data["scans"]), "scans_with_interval": len(scans),
+        "passes": data["passes"], "scans": len(data["scans"]), "scans_scored": len(scans),
+        "detections_without_haematoma": sum(1 for s in data["scans"] if s.get("detected")
+                                            and s["volume_true_ml"] == 0),
         "volume_coverage": round(float(np.mean(vol_cov)), 4) if vol_cov else None,
         "volume_mean_width_ml": round(float(np.mean(vol_w)), 3) if vol_w else None,
         "probability_coverage": round(float(np.mean(prob_cov)), 4) if prob_cov else None,
         "probability_n": len(prob_cov),
         "probability_mean_width": round(float(np.mean(prob_w)), 4) if prob_w else None,
+        "interval_too_wide_rate": round(float(np.mean(too_wide)), 4) if too_wide else None,
         "request_s_without_tta_median": round(float(np.median([x["without_s"] for x in t])), 3) if t else None,
         "request_s_with_tta_median": round(float(np.median([x["with_tta_s"] for x in t])), 3) if t else None,
         "tta_pass_s_median": round(float(np.median(per_pass)), 3) if per_pass else None,
