@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 
-def _scans(manifest: Path, followup: bool, n: int | None) -> list[dict[str, Any]]:
+def _scans(manifest: Path, followup: bool, n: int | None, offset: int = 0) -> list[dict[str, Any]]:
     from model_training.cohort.manifest import mask_volume_ml, read_manifest
 
     m = read_manifest(manifest)
     out = []
-    for case in m.cases:
+    for case in m.cases[offset:]:
         if n is not None and len(out) >= n:
             break
         out.append({"case_id": case.case_id, "scan": "baseline", "image": str(case.image),
@@ -49,7 +49,7 @@ def _predict_all(args: argparse.Namespace) -> dict[str, Any]:
     from app.inference import Predictor
     from app.ingestion import load_series
 
-    scans = _scans(args.manifest, args.followup, args.n)
+    scans = _scans(args.manifest, args.followup, args.n, args.offset)
     tta = Predictor.from_registry(args.weights_dir, args.version, args.device, compile=args.compile,
                                   tta_passes=args.passes)
     plain = Predictor.from_registry(args.weights_dir, args.version, args.device, compile=args.compile, tta_passes=0)
@@ -175,7 +175,7 @@ def _fit(data: dict[str, Any], level: float, manifest: Path) -> dict[str, Any]:
             stats.setdefault(k, []).append(float(v))
     ranges = {k: [round(min(v) - 0.1 * (max(v) - min(v)), 4), round(max(v) + 0.1 * (max(v) - min(v)), 4)]
               for k, v in stats.items()}
-    where = f"{manifest.parent.name}: {len(data['scans'])} scans, {data['passes']} TTA passes"
+    where = f"{manifest.parent.name}: {len(data['scans'])} scans ({len(vol)} scored), {data['passes']} TTA passes"
     return {
         "level": level,
         "volume": {"q": _conformal_q(vol, level), "fitted_on": where, "n": len(vol)},
@@ -190,11 +190,19 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.samples is not None and args.samples.exists() and not args.rerun:
         data = json.loads(args.samples.read_text())
+    elif args.samples is None and args.merge:
+        data = {"passes": None, "scans": [], "timings": []}
     else:
         data = _predict_all(args)
         if args.samples is not None:
             args.samples.parent.mkdir(parents=True, exist_ok=True)
             args.samples.write_text(json.dumps(data, indent=1) + "\n")
+    for extra in args.merge or ():  # pool the cached predictions of other runs (same passes)
+        more = json.loads(Path(extra).read_text())
+        if data["passes"] not in (None, more["passes"]):
+            raise SystemExit(f"{extra}: {more['passes']} TTA passes, not {data['passes']}")
+        data = {"passes": more["passes"], "scans": data["scans"] + more["scans"],
+                "timings": data["timings"] + more["timings"]}
     manifest_path = resolve_model_dir(args.weights_dir, args.version) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     if not args.fit:
@@ -220,7 +228,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=None, help="weights version (default: the registry's default)")
     p.add_argument("--passes", type=int, default=8, help="TTA passes")
     p.add_argument("--level", type=float, default=0.9, help="nominal coverage of the fitted intervals")
-    p.add_argument("--n", type=int, default=None, help="first N cases only")
+    p.add_argument("--n", type=int, default=None, help="N scans only")
+    p.add_argument("--offset", type=int, default=0, help="skip the first OFFSET cases of the manifest")
+    p.add_argument("--merge", nargs="+", type=Path, default=None,
+                   help="also pool these --samples caches (e.g. runs on other parts of the cohort)")
     p.add_argument("--followup", action="store_true", help="also the follow-up scans (followup_image)")
     p.add_argument("--fit", action="store_true", help="fit the settings (else: report coverage and cost)")
     p.add_argument("--write", action="store_true", help="with --fit: write the block into the weights manifest")
