@@ -30,6 +30,7 @@ from app.model.ncct_markers import DEFAULT_THRESHOLDS, MEASUREMENT_OF, MEASUREME
 from app.model.postprocessing import result_warnings
 from app.outputs import FILE_NAMES, CompactResult
 from app.result_schema import (
+    Abstain,
     Bat,
     BatPoints,
     Expansion,
@@ -39,6 +40,7 @@ from app.result_schema import (
     MarkerFinding,
     ModelRef,
     PredictionResponse,
+    ProbabilityInterval,
     WarningItem,
 )
 
@@ -153,6 +155,9 @@ def build_document(
             predicted=result.predicted,
             reason=result.reason,
             definition=expansion_definition(w),
+            interval=None if result.probability_interval is None else ProbabilityInterval(
+                level=predictor.uncertainty.level, low=result.probability_interval[0],
+                high=result.probability_interval[1], passes=result.tta_passes),
         ),
         haematoma=Haematoma(
             detected=result.detected,
@@ -162,6 +167,7 @@ def build_document(
             touches_fov_edge=result.touches_fov_edge,
             infratentorial=result.infratentorial,
             measurements={k: round(float(v), 6) for k, v in result.clot_features.items()},
+            volume_interval_ml=result.volume_interval_ml,
         ),
         ncct_markers=_markers(predictor, result),
         bat=_bat(result, onset_to_ct_hours),
@@ -174,6 +180,7 @@ def build_document(
             summary_dicom=f"{prefix}/summary.dcm" if series.source_headers else None,
         ),
         timings_ms=timings,
+        abstain=Abstain(value=bool(result.abstain_reasons), reasons=list(result.abstain_reasons)),
     )
 
 

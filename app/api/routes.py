@@ -121,5 +121,8 @@ def build_health_router() -> APIRouter:
 
 def include_routes(app: FastAPI) -> None:
     """The health routes (open) and ``/v1`` (behind :func:`app.api.deps.require_api_key`)."""
+    from app.api.comparisons import build_comparison_router
+
     app.include_router(build_health_router())
     app.include_router(build_router())
+    app.include_router(build_comparison_router())

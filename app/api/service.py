@@ -32,6 +32,7 @@ from app.api.problems import Problem
 from app.api.settings import ServiceSettings
 from app.api.store import ResultStore
 from app.api.uploads import Upload, receive_upload
+from app.comparison import subject_of, subject_store_key
 from app.errors import IngestionError, RefusalCode
 from app.inference import InferenceOutOfMemory, PredictionResult, Predictor
 from app.outputs import CompactResult
@@ -78,6 +79,10 @@ class PredictionService:
         self.settings = settings
         self.metrics = metrics
         self.store = ResultStore(settings.result_max_items, settings.result_max_bytes, settings.result_ttl_s)
+        # what POST /v1/comparisons needs of each prediction (app.comparison.ScanSubject, under subject_store_key):
+        # as many entries and as long as the results, kept apart so that it does not count against them
+        self.subjects = ResultStore(settings.result_max_items, settings.result_max_items * 4096,
+                                    settings.result_ttl_s)
         self.predictor: Predictor | None = None
         self.ready = False
         self.not_ready_reason = "loading model"
@@ -93,7 +98,7 @@ class PredictionService:
         try:
             t0 = time.perf_counter()
             self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp,
-                                                                  compile=s.compile)
+                                                                  compile=s.compile, tta_passes=s.tta_passes)
             if s.warmup_passes:
                 self.predictor.warm_up(s.warmup_passes)
             info = self.predictor.model_summary()
@@ -270,6 +275,7 @@ class PredictionService:
         document = build_document(pid, predictor, series, result, timings.ms, job.onset_to_ct_hours, base_url)
         compact = compact.with_document(document)  # the SR and the summary report the document's figures
         self.store.put(pid, document, compact=compact)
+        self.subjects.put(subject_store_key(pid), subject_of(pid, series, result, s.identity_key.encode() or None))
         self.update_store_metrics()
         log.info("prediction done", extra={
             "prediction_id": pid, "series": pseudonym(series.series_instance_uid),

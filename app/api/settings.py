@@ -29,6 +29,9 @@ class ServiceSettings(BaseSettings):
         "the OS: no page faults on ~1-2 GB of activations per pass (~5 % faster), RSS stays at its peak. Applied "
         "process-wide by `python -m app serve` at start-up, before any thread exists")
     warmup_passes: int = Field(1, ge=0, description="Forward passes on zeros before reporting ready")
+    tta_passes: int | None = Field(
+        None, ge=0, description="Test-time-augmentation passes per prediction (intervals of the volume and the "
+        "expansion probability); unset = on (8) on CUDA, off on CPU, where each pass costs about a whole request")
 
     # --- server ------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -83,6 +86,11 @@ class ServiceSettings(BaseSettings):
     dicom_retry_max_attempts: int = Field(20, ge=1, description="Attempts before a send is given up (kept in "
                                           "the outbox's failed folder)")
     dicom_send_timeout_s: float = Field(60.0, gt=0, description="Network timeout of one send")
+    # --- comparisons -------------------------------------------------------------------------------------
+    identity_key: str = Field(
+        "", description="Key of the patient-identity hash (HMAC-SHA256) kept with each prediction for POST "
+        "/v1/comparisons; set the same value on every replica that shares a result store. Empty = a random key "
+        "per process")
 
     def api_key_entries(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off",
                    help="torch.compile the model (inductor); off by default: compiling (~10-40 s) costs more than it saves "
                    "on one study")
+    p.add_argument("--tta-passes", type=int, default=None,
+                   help="test-time augmentation passes (intervals in result.json; default: 8 on CUDA, 0 on CPU)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
-                                            compile=args.compile)
+                                            compile=args.compile, tta_passes=args.tta_passes)
     except Exception as exc:  # WeightsError, missing folder, bad device
         print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
                           "message": str(exc)}), file=sys.stderr)
