@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     timings.add_result(result)
     with timings.stage("outputs"):
-        compact = compact_outputs(predictor, series, result)
+        compact = compact_outputs(predictor, series, result, keep_slices=False)
         files = compact.render_all()
         not_written = unavailable_files(compact)
     document = build_document(uuid.uuid4().hex, predictor, series, result, timings.ms, args.onset_to_ct_hours)
