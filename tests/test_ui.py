@@ -35,7 +35,8 @@ WAIT_S = 60.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("ui-server")
-    srv = start_server(tmp, env={"ICH_API_KEYS": KEY, "ICH_UPLOAD_DIR": str(tmp)}, weights_dir=ROOT / "weights")
+    srv = start_server(tmp, env={"ICH_API_KEYS": KEY, "ICH_UPLOAD_DIR": str(tmp)}, weights_dir=ROOT / "weights",
+                       ready_timeout=180.0)
     yield srv
     assert srv.stop() in (0, -signal.SIGTERM), srv.log_text()[-3000:]
 
@@ -104,6 +105,31 @@ def _open_page(browser, server: ServerProcess) -> None:  # type: ignore[no-untyp
           and "API key" not in browser.find_element(By.ID, "server-state").text, 10, "the model line")
 
 
+# WCAG 2 contrast ratio of each visible text element against the first opaque background behind it
+CONTRAST_JS = """
+const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+const lum = (c) => { const v = rgb(c).slice(0, 3).map((x) => { x /= 255;
+  return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
+  return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+const background = (el) => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+  const v = rgb(c); if (v.length === 3 || (v.length === 4 && v[3] > 0.9)) return c; } return 'rgb(255, 255, 255)'; };
+const out = [];
+for (const el of document.querySelectorAll(arguments[0])) {
+  if (!el.offsetParent || !el.textContent.trim()) continue;
+  const a = lum(getComputedStyle(el).color), b = lum(background(el));
+  out.push([el.id || el.className || el.tagName, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)]);
+}
+return out;
+"""
+TEXT_SELECTOR = "h1, h2, h3, p, dt, dd, li, a, button, label, legend, figcaption, code, th, td"
+
+
+def _low_contrast(browser) -> list:  # type: ignore[no-untyped-def]
+    ratios = browser.execute_script(CONTRAST_JS, TEXT_SELECTOR)
+    assert len(ratios) > 10
+    return [(name, round(r, 2)) for name, r in ratios if r < 4.5]
+
+
 def _upload(browser, paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
@@ -141,6 +167,7 @@ def test_page_is_local_and_loads_fast(server: ServerProcess, browser) -> None:  
     for path in STATIC_DIR.iterdir():  # nothing in the page's files names another host
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text(), re.I), path.name
     assert httpx.get(f"{server.base_url}/", timeout=TIMEOUT, follow_redirects=False).headers["location"] == "/ui/"
+    assert httpx.get(f"{server.base_url}/ui", timeout=TIMEOUT, follow_redirects=True).url.path == "/ui/"
 
     browser.get(f"{server.base_url}/ui/")
     timing = browser.execute_script(
@@ -221,6 +248,7 @@ def test_upload_shows_the_api_numbers_and_slices(server: ServerProcess, browser,
     if h["detected"]:
         browser.find_element(By.ID, "slice-peak").click()
     _wait(lambda: browser.execute_script(loaded) and image.get_attribute("data-window") == "brain", 20, "brain")
+    assert _low_contrast(browser) == []
     browser.save_screenshot(str(artefacts / "ui-result.png"))
     browser.find_element(By.ID, "results").screenshot(str(artefacts / "ui-result-panel.png"))
     assert (artefacts / "ui-result.png").stat().st_size > 10_000
@@ -241,6 +269,7 @@ def test_non_ct_upload_shows_the_refusal(server: ServerProcess, browser, mr_seri
     assert browser.find_element(By.ID, "problem-text").text == api.json()["detail"]
     assert "not CT" in browser.find_element(By.ID, "problem-hint").text
     assert not browser.find_element(By.ID, "results").is_displayed()
+    assert _low_contrast(browser) == []
     browser.save_screenshot(str(artefacts / "ui-refusal.png"))
 
 
