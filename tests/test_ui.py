@@ -130,10 +130,10 @@ def _low_contrast(browser) -> list:  # type: ignore[no-untyped-def]
     return [(name, round(r, 2)) for name, r in ratios if r < 4.5]
 
 
-def _upload(browser, paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
+def _upload(browser, paths: list[Path], picker: str = "file-input") -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
-    browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
+    browser.find_element(By.ID, picker).send_keys("\n".join(str(p) for p in paths))
     _wait(lambda: browser.find_element(By.ID, "analyse").is_enabled(), 5, "the analyse button")
     browser.find_element(By.ID, "analyse").click()
 
@@ -191,7 +191,8 @@ def test_upload_shows_the_api_numbers_and_slices(server: ServerProcess, browser,
     expected = api.json()
 
     _open_page(browser, server)
-    _upload(browser, phantom)
+    _upload(browser, [phantom[0].parent], picker="folder-input")  # the folder picker (webkitdirectory)
+    assert browser.find_element(By.ID, "selection").text.startswith(f"{len(phantom)} files chosen")
     results = _wait(lambda: browser.find_element(By.ID, "results").is_displayed()
                     or browser.find_element(By.ID, "problem").is_displayed(), what="the result")
     assert results and browser.find_element(By.ID, "results").is_displayed(), \
@@ -308,3 +309,38 @@ def test_slice_routes_draw_the_stored_mask(server: ServerProcess, phantom: list[
                      timeout=TIMEOUT).json()["code"] == "validation_error"
     assert httpx.get(f"{base}/v1/predictions/{'0' * 32}/slices/0.png", headers=AUTH,
                      timeout=TIMEOUT).status_code == 404
+
+
+def test_zip_upload_and_fields_the_page_renders_when_present(server: ServerProcess, browser,  # type: ignore[no-untyped-def]
+                                                             phantom: list[Path], tmp_path: Path) -> None:
+    """A ZIP through the file picker gives the same numbers; fields that later models add (an expansion
+    interval, NCCT markers, the BAT score) are rendered from the document when it has them."""
+    from selenium.webdriver.common.by import By
+    from service_fixtures import zip_bytes
+
+    archive = tmp_path / "study.zip"
+    archive.write_bytes(zip_bytes(phantom))
+    api = httpx.post(f"{server.base_url}/v1/predictions", content=archive.read_bytes(),
+                     headers={**AUTH, "Content-Type": "application/zip"}, timeout=TIMEOUT).json()
+    _open_page(browser, server)
+    _upload(browser, [archive])
+    _wait(lambda: browser.find_element(By.ID, "results").is_displayed(), what="the ZIP result")
+    volume = browser.find_element(By.ID, "r-volume").get_attribute("data-value")
+    assert float(volume) == pytest.approx(api["haematoma"]["volume_ml"], rel=1e-12, abs=1e-12)
+    assert browser.find_element(By.ID, "markers-box").is_displayed() is False
+    assert browser.find_element(By.ID, "r-interval").text == "Not reported by this model"
+
+    extended = dict(api)
+    extended["expansion"] = {**api["expansion"], "interval": {"low": 0.081, "high": 0.342, "level": 0.9}}
+    extended["ncct_markers"] = {"black_hole": {"present": True, "hu_difference": 31.25},
+                                "swirl": {"present": False, "region_volume_ml": 0.0}}
+    extended["bat"] = {"score": 3, "complete": False, "points": {"blend": 1, "hypodensity": 2}}
+    extended["links"] = {**api["links"], "sr_dicom": api["links"]["self"] + "/sr.dcm"}
+    browser.execute_script("return window.ichPage.showResult(arguments[0])", extended)
+    assert browser.find_element(By.ID, "r-interval").text == "90 % interval 0.08 to 0.34"
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#markers tbody tr")]
+    assert rows == ["black hole yes hu difference: 31.25", "swirl no region volume ml: 0"]
+    bat = browser.find_element(By.ID, "bat").text
+    assert "score\n3" in bat and "complete\nno" in bat and "blend: 1; hypodensity: 2" in bat
+    links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")]
+    assert "DICOM SR (measurement report)" in links

@@ -631,6 +631,9 @@
     checkServer();
   }
 
+  // for the browser tests and the console: render a result document that is already at hand
+  window.ichPage = Object.freeze({ showResult: showResult });
+
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
   else init();
 })();
