@@ -148,3 +148,19 @@ def test_overview_carries_orientation_positions_volume_and_probability() -> None
     with pytest.raises(ValueError):  # one position per panel
         render_panels(hu[1:3], truth[1:3], [1, 2], 12, (5.0, 1.0, 1.0), annotations=PanelAnnotations(
             orientation_labels((1, 0, 0, 0, 1, 0, 0, 0, 1)), [0.0]))
+
+
+def test_real_head_without_haematoma_gets_slices_through_the_brain(normal_head_nifti) -> None:  # type: ignore[no-untyped-def]
+    """A real head CT (190 x 240 x 95, neck to vertex): with an empty mask the overview's slices cross the brain
+    near its largest section (the skull-stripping brain mask of preprocessing is the reference)."""
+    from app.ingestion import load_series
+    from app.preprocessing import brain_mask
+
+    series = load_series([str(normal_head_nifti)])
+    hu = series.hu_array
+    picks = key_slices(np.zeros(hu.shape, np.uint8), 3, hu)
+    brain = sitk.GetArrayFromImage(brain_mask(series.image))
+    areas = brain.reshape(len(brain), -1).sum(axis=1)
+    assert len(picks) == 3 and all(areas[z] >= 0.5 * areas.max() for z in picks), (picks, areas.tolist())
+    extent = np.flatnonzero(areas)
+    assert all(extent[0] + 5 < z < extent[-1] - 5 for z in picks)  # neither the skull base nor the vertex
