@@ -462,11 +462,11 @@
   function describe(k) {
     const index = state.index;
     const z = index.positions_mm[k];
-    let text = "Slice " + (k + 1) + " of " + index.count + ", z = " + fmt(z, 1) + " mm, " + WINDOWS_LABEL() + " window";
+    let text = "Slice " + (k + 1) + " of " + index.count + ", z = " + fmt(z, 1) + " mm, " + windowLabel() + " window";
     if (index.mask_pixels[k] > 0) text += ", haematoma outlined in red";
     return text;
   }
-  function WINDOWS_LABEL() { return WINDOW_NAMES[state.window] || state.window; }
+  function windowLabel() { return WINDOW_NAMES[state.window] || state.window; }
   function showSlice(k) {
     const index = state.index;
     if (!index) return;
