@@ -36,7 +36,7 @@ WAIT_S = 60.0
 def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     tmp = tmp_path_factory.mktemp("ui-server")
     srv = start_server(tmp, env={"ICH_API_KEYS": KEY, "ICH_UPLOAD_DIR": str(tmp)}, weights_dir=ROOT / "weights",
-                       ready_timeout=180.0)
+                       ready_timeout=300.0)
     yield srv
     assert srv.stop() in (0, -signal.SIGTERM), srv.log_text()[-3000:]
 
@@ -72,6 +72,7 @@ def browser():  # type: ignore[no-untyped-def]
                 "--window-size=1280,1500", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-default-apps"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(driver_path)), options=options)
     driver.set_page_load_timeout(30)
     yield driver
@@ -130,6 +131,12 @@ def _low_contrast(browser) -> list:  # type: ignore[no-untyped-def]
     return [(name, round(r, 2)) for name, r in ratios if r < 4.5]
 
 
+def _script_errors(browser) -> list[str]:  # type: ignore[no-untyped-def]
+    """Errors the page's scripts raised since the last call (refused requests the page handles are not errors)."""
+    return [e["message"] for e in browser.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+
+
 def _upload(browser, paths: list[Path], picker: str = "file-input") -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
 
@@ -152,13 +159,16 @@ def test_page_is_local_and_loads_fast(server: ServerProcess, browser) -> None:  
     with httpx.Client(base_url=server.base_url, timeout=TIMEOUT) as client:
         t0 = time.perf_counter()
         page = client.get("/ui/")
-        assets = {name: client.get(f"/ui/{name}") for name in ("app.js", "app.css")}
+        assets = {path.name: client.get(f"/ui/{path.name}") for path in STATIC_DIR.iterdir()}
         elapsed = time.perf_counter() - t0
     assert elapsed < 1.0, f"the page and its files took {elapsed:.2f} s"
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert {"index.html", "app.js", "app.css", "api.js", "result.js", "viewer.js"} <= set(assets)
     for name, asset in assets.items():
         assert asset.status_code == 200 and asset.content == (STATIC_DIR / name).read_bytes()
+        if name.endswith(".js"):
+            assert "javascript" in asset.headers["content-type"]  # ES modules need a JavaScript type
     parser = _Refs()
     parser.feed(page.text)
     assert set(parser.refs) >= {"app.css", "app.js"}
@@ -176,6 +186,8 @@ def test_page_is_local_and_loads_fast(server: ServerProcess, browser) -> None:  
         ".map(r => r.name)};")
     assert 0 < timing["load"] < 1000, timing
     assert all(name.startswith(server.base_url + "/") for name in timing["resources"]), timing["resources"]
+    loaded = {name.rsplit("/", 1)[-1] for name in timing["resources"]}
+    assert {"app.css", "app.js", "api.js", "result.js", "viewer.js"} <= loaded, loaded
     state = _wait(lambda: browser.find_element("id", "server-state").text if "API key" in
                   browser.find_element("id", "server-state").text else None, 10, "the key request")
     assert "needs an API key" in state
@@ -250,6 +262,7 @@ def test_upload_shows_the_api_numbers_and_slices(server: ServerProcess, browser,
         browser.find_element(By.ID, "slice-peak").click()
     _wait(lambda: browser.execute_script(loaded) and image.get_attribute("data-window") == "brain", 20, "brain")
     assert _low_contrast(browser) == []
+    assert _script_errors(browser) == []
     browser.save_screenshot(str(artefacts / "ui-result.png"))
     browser.find_element(By.ID, "results").screenshot(str(artefacts / "ui-result-panel.png"))
     assert (artefacts / "ui-result.png").stat().st_size > 10_000
@@ -271,6 +284,7 @@ def test_non_ct_upload_shows_the_refusal(server: ServerProcess, browser, mr_seri
     assert "not CT" in browser.find_element(By.ID, "problem-hint").text
     assert not browser.find_element(By.ID, "results").is_displayed()
     assert _low_contrast(browser) == []
+    assert _script_errors(browser) == []
     browser.save_screenshot(str(artefacts / "ui-refusal.png"))
 
 
@@ -344,3 +358,4 @@ def test_zip_upload_and_fields_the_page_renders_when_present(server: ServerProce
     assert "score\n3" in bat and "complete\nno" in bat and "blend: 1; hypodensity: 2" in bat
     links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")]
     assert "DICOM SR (measurement report)" in links
+    assert _script_errors(browser) == []
