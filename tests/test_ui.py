@@ -4,7 +4,7 @@ the Debian driver given explicitly and ``SE_AVOID_STATS=true``, so nothing reach
 
 The page must show the same numbers as the API answers for the same upload, load slice images (through the key),
 scroll, switch windows, and show a non-CT refusal's code and sentence. A screenshot is written to
-``$ICH_TEST_ARTEFACTS`` (default: the test's temporary folder). Budget: about 40 s on 2 CPU cores.
+``$ICH_TEST_ARTEFACTS`` (default: the test's temporary folder). Budget: about 35 s on 2 CPU cores.
 """
 
 from __future__ import annotations
