@@ -92,16 +92,19 @@ class StageTimings:
 
 
 # --- files --------------------------------------------------------------------------------------------------
-def compact_outputs(predictor: Predictor, series: IngestedSeries, result: PredictionResult) -> CompactResult:
-    """The compact form the result files are rendered from (CPU; packs the mask bits, no rendering yet)."""
+def compact_outputs(predictor: Predictor, series: IngestedSeries, result: PredictionResult, *,
+                    keep_slices: bool = True) -> CompactResult:
+    """The compact form the result files are rendered from (CPU; packs the mask bits, no rendering yet).
+    ``keep_slices``: also keep the HU volume, compressed, for the slice viewer (what the service stores)."""
     w = predictor.weights
-    return CompactResult.from_prediction(series, result, algorithm_name=w.name, algorithm_version=w.version)
+    return CompactResult.from_prediction(series, result, algorithm_name=w.name, algorithm_version=w.version,
+                                         keep_slices=keep_slices)
 
 
 def render_files(predictor: Predictor, series: IngestedSeries, result: PredictionResult) -> dict[str, bytes]:
     """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU), as ``python -m app predict`` writes them; without
     source instances (a NIfTI input) there is no SEG (:meth:`CompactResult.unavailable` says why)."""
-    return compact_outputs(predictor, series, result).render_all()
+    return compact_outputs(predictor, series, result, keep_slices=False).render_all()
 
 
 def unavailable_files(compact: CompactResult) -> dict[str, OutputUnavailable]:

@@ -58,6 +58,7 @@ SERVICE_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Missing or invalid API key"),
     "not_found": (404, "Not found"),
     "seg_needs_dicom_source": (409, "This output needs DICOM source images"),
+    "slices_unavailable": (409, "This result has no stored image volume"),
     "method_not_allowed": (405, "Method not allowed"),
     "request_timeout": (408, "The upload was not completed in time"),
     "overloaded": (503, "The service is at capacity; retry later"),

@@ -120,9 +120,12 @@ def build_health_router() -> APIRouter:
 
 
 def include_routes(app: FastAPI) -> None:
-    """The health routes (open) and ``/v1`` (behind :func:`app.api.deps.require_api_key`)."""
+    """The health routes (open) and ``/v1`` (behind :func:`app.api.deps.require_api_key`); the web page and the
+    slice viewer's routes (:mod:`app.api.viewer`)."""
     from app.api.comparisons import build_comparison_router
+    from app.api.viewer import install_ui
 
     app.include_router(build_health_router())
     app.include_router(build_router())
     app.include_router(build_comparison_router())
+    install_ui(app)

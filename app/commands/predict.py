@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     timings.add_result(result)
     with timings.stage("outputs"):
-        compact = compact_outputs(predictor, series, result)
+        compact = compact_outputs(predictor, series, result, keep_slices=False)
         files = compact.render_all()
     document = build_document(uuid.uuid4().hex, predictor, series, result, timings.ms, args.onset_to_ct_hours)
     compact = compact.with_document(document)  # the SR and the summary report the document's figures
