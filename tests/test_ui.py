@@ -341,19 +341,21 @@ def test_zip_upload_and_fields_the_page_renders_when_present(server: ServerProce
     _wait(lambda: browser.find_element(By.ID, "results").is_displayed(), what="the ZIP result")
     volume = browser.find_element(By.ID, "r-volume").get_attribute("data-value")
     assert float(volume) == pytest.approx(api["haematoma"]["volume_ml"], rel=1e-12, abs=1e-12)
-    assert browser.find_element(By.ID, "markers-box").is_displayed() is False
+    assert browser.find_element(By.ID, "markers-box").is_displayed() is (api.get("ncct_markers") is not None)
     assert browser.find_element(By.ID, "r-interval").text == "Not reported by this model"
 
     extended = dict(api)
     extended["expansion"] = {**api["expansion"], "interval": {"low": 0.081, "high": 0.342, "level": 0.9}}
-    extended["ncct_markers"] = {"black_hole": {"present": True, "hu_difference": 31.25},
-                                "swirl": {"present": False, "region_volume_ml": 0.0}}
+    extended["ncct_markers"] = {
+        "black_hole": {"present": True, "measurement": "darkness_max_hu", "value": 31.25, "unit": "HU",
+                       "threshold": 17.0},
+        "swirl": {"present": False, "region_volume_ml": 0.0}}
     extended["bat"] = {"score": 3, "complete": False, "points": {"blend": 1, "hypodensity": 2}}
     extended["links"] = {**api["links"], "sr_dicom": api["links"]["self"] + "/sr.dcm"}
     browser.execute_script("return window.ichPage.showResult(arguments[0])", extended)
     assert browser.find_element(By.ID, "r-interval").text == "90 % interval 0.08 to 0.34"
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#markers tbody tr")]
-    assert rows == ["black hole yes hu difference: 31.25", "swirl no region volume ml: 0"]
+    assert rows == ["black hole yes darkness max hu 31.25 HU (threshold 17)", "swirl no region volume ml: 0"]
     bat = browser.find_element(By.ID, "bat").text
     assert "score\n3" in bat and "complete\nno" in bat and "blend: 1; hypodensity: 2" in bat
     links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")]

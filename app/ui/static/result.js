@@ -158,7 +158,11 @@ function showMarkers(markers) {
       const present = document.createElement("td");
       present.textContent = typeof marker === "object" ? formatValue(marker.present) : formatValue(marker);
       const rest = document.createElement("td");
-      if (typeof marker === "object") {
+      if (typeof marker === "object" && "measurement" in marker && "value" in marker) {
+        // the service's own form: the measurement that decides the marker, its value, unit and threshold
+        rest.textContent = `${label(marker.measurement)} ${formatValue(marker.value)} ${marker.unit || ""}`.trim() +
+          ("threshold" in marker ? ` (threshold ${formatValue(marker.threshold)})` : "");
+      } else if (typeof marker === "object") {
         const others = Object.assign({}, marker);
         delete others.present;
         rest.textContent = formatValue(others);
