@@ -44,10 +44,13 @@ def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.get_running_loop().run_in_executor(None, service.load, predictor)
+        heartbeat = asyncio.create_task(service.jobs.heartbeat_loop())
         try:
             yield
         finally:
             await loader
+            await service.jobs.drain(settings.shutdown_grace_s)
+            heartbeat.cancel()
             service.close()
             log.info("service stopped")
 
