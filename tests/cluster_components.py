@@ -66,12 +66,29 @@ def start_redis(tmp: Path) -> RedisProcess:
 @dataclass
 class HAProxyProcess:
     port: int
+    stats_port: int
     process: subprocess.Popen
     log_path: Path
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def server_states(self) -> dict[str, str]:
+        """Health state of each replica as HAProxy sees it (``UP``, ``DOWN``, ...), from its stats CSV."""
+        text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text
+        rows = [line.split(",") for line in text.splitlines() if line.startswith("replicas,")]
+        return {row[1]: row[17] for row in rows if row[1] not in ("BACKEND", "FRONTEND")}
+
+    def wait_for_states(self, wanted: dict[str, str], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            states = self.server_states()
+            if all(states.get(k, "").startswith(v) for k, v in wanted.items()):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"replica states {states}, wanted {wanted}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -88,16 +105,16 @@ def start_haproxy(tmp: Path, replicas: list[str], *, check_interval_ms: int = 30
     """HAProxy on a free port balancing ``replicas`` (``host:port``, two) with deploy/haproxy/haproxy.cfg;
     waits until both pass the health check on /health/ready."""
     executable = require_executable("haproxy", "haproxy", "/usr/sbin/haproxy")
-    port = free_port()
+    port, stats_port = free_port(), free_port()
     env = {**os.environ, "ICH_PROXY_BIND": f"127.0.0.1:{port}", "ICH_REPLICA_A": replicas[0],
            "ICH_REPLICA_B": replicas[1], "ICH_HEALTH_INTERVAL": f"{check_interval_ms}ms",
-           "ICH_PROXY_ERRORS": str(HAPROXY_CFG.parent / "errors"), "ICH_PROXY_STATS": f"127.0.0.1:{free_port()}"}
+           "ICH_PROXY_ERRORS": str(HAPROXY_CFG.parent / "errors"), "ICH_PROXY_STATS": f"127.0.0.1:{stats_port}"}
     subprocess.run([str(executable), "-c", "-f", str(HAPROXY_CFG)], env=env, check=True, capture_output=True)
     log_path = tmp / f"haproxy-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(executable), "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
-    proxy = HAProxyProcess(port, proc, log_path)
+    proxy = HAProxyProcess(port, stats_port, proc, log_path)
     deadline = time.monotonic() + timeout
     seen: set[str] = set()
     while time.monotonic() < deadline and len(seen) < len(replicas):
