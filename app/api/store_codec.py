@@ -5,7 +5,8 @@
   JSON. A feature that stores its own documents adds its model to :data:`DOCUMENT_TYPES`.
 * a compact result: one NumPy ``.npz`` (``allow_pickle=False``) holding the packed mask bits, the key-slice HU
   (int16), the geometry (LPS mm, SimpleITK x-y-z order) and the pixel-free source headers as DICOM JSON
-  (PS3.18 F), which keeps every element with its VR, sequences and binary values (inline, base64).
+  (PS3.18 F), which keeps every element with its VR, sequences and binary values (inline, base64); the first
+  header in full, the others as their differences from it (:func:`encode_headers`).
 
 Nothing read back from the store is executed: a damaged value fails to decode (``ValueError``).
 """
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydantic import BaseModel
+from pydicom.dataelem import RawDataElement
 
 from app.outputs import CompactResult
 from app.result_schema import PredictionResponse
@@ -45,6 +47,51 @@ def _header_json(ds: pydicom.Dataset) -> dict[str, Any]:
     return ds.to_json_dict(bulk_data_threshold=1 << 30)  # every binary value inline
 
 
+def encode_headers(headers: tuple[pydicom.Dataset, ...]) -> list[dict[str, Any]]:
+    """The headers of one series as DICOM JSON: the first in full, each other one as the elements that differ
+    from the first (``diff``) and the tags it lacks (``removed``). The slices of a series share most of their
+    elements (patient, study, series, equipment), so this is several times faster and smaller than each in full."""
+    if not headers:
+        return []
+    base = headers[0]
+    encoded: list[dict[str, Any]] = [{"full": _header_json(base)}]
+    base_items = dict(base.items())  # as stored: raw elements stay unconverted
+    for ds in headers[1:]:
+        diff = pydicom.Dataset()
+        items = dict(ds.items())
+        for tag, elem in items.items():
+            other = base_items.get(tag)
+            if other is None or not _same(other, elem):
+                diff.add(ds[tag])
+        removed = [int(tag) for tag in base_items if tag not in items]
+        encoded.append({"diff": _header_json(diff), "removed": removed})
+    return encoded
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two elements (raw as read, or converted) hold the same value, without converting raw ones."""
+    if isinstance(a, RawDataElement) and isinstance(b, RawDataElement):
+        return a.VR == b.VR and a.value == b.value and a.is_little_endian == b.is_little_endian
+    if isinstance(a, RawDataElement) or isinstance(b, RawDataElement):
+        return False
+    return a.VR == b.VR and a.value == b.value
+
+
+def decode_headers(encoded: list[dict[str, Any]]) -> tuple[pydicom.Dataset, ...]:
+    if not encoded:
+        return ()
+    base = pydicom.Dataset.from_json(encoded[0]["full"])
+    headers = [base]
+    for item in encoded[1:]:
+        ds = pydicom.Dataset()
+        ds.update(base)  # shares the unchanged elements with the first header (read-only use)
+        for tag in item["removed"]:
+            del ds[tag]
+        ds.update(pydicom.Dataset.from_json(item["diff"]))
+        headers.append(ds)
+    return tuple(headers)
+
+
 def encode_compact(compact: CompactResult) -> bytes:
     meta = {
         "shape_zyx": list(compact.shape_zyx),
@@ -56,7 +103,7 @@ def encode_compact(compact: CompactResult) -> bytes:
         "algorithm_name": compact.algorithm_name,
         "algorithm_version": compact.algorithm_version,
         "detected": compact.detected,
-        "source_headers": [_header_json(ds) for ds in compact.source_headers],
+        "source_headers": encode_headers(compact.source_headers),
     }
     arrays = {"mask_bits": compact.mask_bits, "overlay_hu": compact.overlay_hu,
               "meta": np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), dtype=np.uint8)}
@@ -73,7 +120,7 @@ def decode_compact(data: bytes) -> CompactResult:
         mask_bits = npz["mask_bits"]
         overlay_hu = npz["overlay_hu"]
         slice_bits = npz["slice_mask_bits"] if "slice_mask_bits" in npz.files else None
-    headers = tuple(pydicom.Dataset.from_json(h) for h in meta["source_headers"])
+    headers = decode_headers(meta["source_headers"])
     return CompactResult(
         shape_zyx=tuple(meta["shape_zyx"]),
         origin=tuple(meta["origin"]),
