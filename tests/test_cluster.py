@@ -12,7 +12,7 @@ with deploy/haproxy/haproxy.cfg (health check on /health/ready).
   every answered result can still be read, and its unfinished jobs fail as 503 ``job_lost`` after the
   heartbeat timeout.
 
-Budget: about 60 s on 2 CPU cores (start-up of two replicas in parallel, ~20 small predictions).
+Budget: about 60-70 s on 2 CPU cores (start-up of two replicas in parallel, ~20-30 small predictions).
 """
 
 from __future__ import annotations
@@ -212,6 +212,8 @@ def test_replica_killed_under_load(cluster: Cluster, study: bytes) -> None:
                 r = httpx.Response(599, text=repr(exc))
             with lock:
                 answers.append((respond_async, r))
+            if r.status_code == 503:  # as told by Retry-After (shortened: the test has a budget)
+                time.sleep(min(float(r.headers.get("Retry-After", "1")), 1.0) / 2)
             i += 1
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
@@ -227,7 +229,10 @@ def test_replica_killed_under_load(cluster: Cluster, study: bytes) -> None:
     assert doomed.status_code == 202, doomed.text  # still running when a dies, just below
     cluster.a.process.kill()
     killed_at, killed_time = len(answers), time.monotonic()
-    while len(answers) < killed_at + 6 and time.monotonic() < deadline:
+    def served_after_kill() -> int:
+        return sum(r.status_code in (200, 202) for _, r in answers[killed_at:])
+
+    while served_after_kill() < 2 and time.monotonic() < killed_time + 40:  # b goes on serving
         time.sleep(0.05)
     stop.set()
     for t in threads:
@@ -235,7 +240,7 @@ def test_replica_killed_under_load(cluster: Cluster, study: bytes) -> None:
     statuses = [r.status_code for _, r in answers]
     assert set(statuses) <= {200, 202, 503}, statuses
     assert all(_is_retryable_503(r) for _, r in answers if r.status_code == 503)
-    assert any(r.status_code in (200, 202) for _, r in answers[killed_at:]), statuses  # b goes on serving
+    assert served_after_kill() >= 2, statuses
     for respond_async, r in answers:
         if r.status_code == 200:  # an answered result is never lost
             again = httpx.get(cluster.proxy.base_url + r.headers["location"], timeout=TIMEOUT)

@@ -3,7 +3,7 @@ subprocess, interrupted with SIGINT after its first finished case, then resumed:
 again, every case ends listed in results.csv (a failing case listed with its refusal code, never fatal), and the
 outputs are those of ``python -m app predict``.
 
-Budget: about 15 s on 2 CPU cores (the small random model, 16-slice 64x64 phantoms).
+Budget: about 30 s on 2 CPU cores (two CLI processes, the small random model, 16-slice 64x64 phantoms).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 * job states and replica heartbeats expire as configured;
 * a store that cannot be reached raises ``StoreUnavailable`` within the command time limit (never hangs).
 
-Budget: about 5 s on 2 CPU cores (one forward pass of the small random model).
+Budget: about 10 s on 2 CPU cores (one forward pass of the small random model).
 """
 
 from __future__ import annotations
