@@ -3,18 +3,19 @@
 * a document: JSON with a ``type`` tag; pydantic models named in :data:`DOCUMENT_TYPES` come back as that model
   (``prediction`` -> :class:`~app.result_schema.PredictionResponse`), any other model or JSON-able value as plain
   JSON. A feature that stores its own documents adds its model to :data:`DOCUMENT_TYPES`.
-* a compact result: one NumPy ``.npz`` (``allow_pickle=False``) holding the packed mask bits, the key-slice HU
-  (int16), the geometry (LPS mm, SimpleITK x-y-z order) and the pixel-free source headers as DICOM JSON
-  (PS3.18 F), which keeps every element with its VR, sequences and binary values (inline, base64); the first
-  header in full, the others as their differences from it (:func:`encode_headers`).
+* a compact result (:func:`encode_compact`): JSON metadata followed by the raw bytes of its arrays (read back
+  with ``numpy.frombuffer``, integer types only): the packed mask bits (deflated), the key-slice HU (int16),
+  the geometry (LPS mm, SimpleITK x-y-z order) and the pixel-free source headers as DICOM JSON (PS3.18 F),
+  which keeps every element with its VR, sequences and binary values (inline, base64); the first header in
+  full, the others as their differences from it (:func:`encode_headers`).
 
 Nothing read back from the store is executed: a damaged value fails to decode (``ValueError``).
 """
 
 from __future__ import annotations
 
-import io
 import json
+import zlib
 from typing import Any
 
 import numpy as np
@@ -55,15 +56,16 @@ def encode_headers(headers: tuple[pydicom.Dataset, ...]) -> list[dict[str, Any]]
         return []
     base = headers[0]
     encoded: list[dict[str, Any]] = [{"full": _header_json(base)}]
-    base_items = dict(base.items())  # as stored: raw elements stay unconverted
+    # as stored (raw elements stay unconverted), keyed by plain int (pydicom's Tag compares slowly)
+    base_items = {int(tag): elem for tag, elem in base.items()}
     for ds in headers[1:]:
         diff = pydicom.Dataset()
-        items = dict(ds.items())
+        items = {int(tag): elem for tag, elem in ds.items()}
         for tag, elem in items.items():
             other = base_items.get(tag)
             if other is None or not _same(other, elem):
                 diff.add(ds[tag])
-        removed = [int(tag) for tag in base_items if tag not in items]
+        removed = [tag for tag in base_items if tag not in items]
         encoded.append({"diff": _header_json(diff), "removed": removed})
     return encoded
 
@@ -92,7 +94,24 @@ def decode_headers(encoded: list[dict[str, Any]]) -> tuple[pydicom.Dataset, ...]
     return tuple(headers)
 
 
+def _deflate(bits: np.ndarray) -> np.ndarray:
+    """Packed mask bits (uint8), deflated: a haematoma mask is mostly zeros (fast level 1)."""
+    return np.frombuffer(zlib.compress(np.ascontiguousarray(bits, dtype=np.uint8).tobytes(), 1), dtype=np.uint8)
+
+
+def _inflate(data: np.ndarray) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(data.tobytes()), dtype=np.uint8)
+
+
+MAGIC = b"ICH-COMPACT-1\n"
+
+
 def encode_compact(compact: CompactResult) -> bytes:
+    """``MAGIC``, the length of the JSON metadata (4 bytes, big-endian), the metadata (geometry, headers, and
+    each array's dtype, shape and size), then the arrays' bytes in that order."""
+    arrays = {"mask_bits": _deflate(compact.mask_bits), "overlay_hu": np.ascontiguousarray(compact.overlay_hu)}
+    if compact.slice_mask_bits is not None:
+        arrays["slice_mask_bits"] = _deflate(compact.slice_mask_bits)
     meta = {
         "shape_zyx": list(compact.shape_zyx),
         "origin": list(compact.origin),
@@ -104,22 +123,29 @@ def encode_compact(compact: CompactResult) -> bytes:
         "algorithm_version": compact.algorithm_version,
         "detected": compact.detected,
         "source_headers": encode_headers(compact.source_headers),
+        "arrays": [[name, a.dtype.str, list(a.shape), a.nbytes] for name, a in arrays.items()],
     }
-    arrays = {"mask_bits": compact.mask_bits, "overlay_hu": compact.overlay_hu,
-              "meta": np.frombuffer(json.dumps(meta, separators=(",", ":")).encode(), dtype=np.uint8)}
-    if compact.slice_mask_bits is not None:
-        arrays["slice_mask_bits"] = compact.slice_mask_bits
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    return b"".join([MAGIC, len(head).to_bytes(4, "big"), head, *(a.tobytes() for a in arrays.values())])
 
 
 def decode_compact(data: bytes) -> CompactResult:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        meta = json.loads(npz["meta"].tobytes())
-        mask_bits = npz["mask_bits"]
-        overlay_hu = npz["overlay_hu"]
-        slice_bits = npz["slice_mask_bits"] if "slice_mask_bits" in npz.files else None
+    if not data.startswith(MAGIC):
+        raise ValueError("not an encoded compact result")
+    offset = len(MAGIC) + 4
+    size = int.from_bytes(data[len(MAGIC):offset], "big")
+    meta = json.loads(data[offset:offset + size])
+    offset += size
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype, shape, nbytes in meta["arrays"]:
+        if np.dtype(dtype).kind not in "iu":
+            raise ValueError(f"unexpected array type {dtype}")
+        arrays[name] = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize,
+                                     offset=offset).reshape(shape)
+        offset += nbytes
+    mask_bits = _inflate(arrays["mask_bits"])
+    overlay_hu = arrays["overlay_hu"]
+    slice_bits = _inflate(arrays["slice_mask_bits"]) if "slice_mask_bits" in arrays else None
     headers = decode_headers(meta["source_headers"])
     return CompactResult(
         shape_zyx=tuple(meta["shape_zyx"]),
