@@ -9,7 +9,7 @@ Redis Cluster):
 * ``index`` (sorted set id -> stored at, Unix s), ``sizes`` (hash id -> bytes) and ``bytes`` (their sum): the
   limits. Every write runs one Lua script that drops expired entries and then the oldest ones while more than
   ``max_items`` entries or ``max_bytes`` bytes are held (the newest entry always kept), atomically for every
-  replica;
+  replica (a new entry: the script and the entry's ``HSET`` in one MULTI/EXEC transaction);
 * ``job:{id}``: the :class:`~app.api.store.JobState` JSON, expiring after ``ttl_s``;
 * ``replica:{id}``: present while that replica's heartbeat is fresh.
 
@@ -57,18 +57,14 @@ local function enforce()
 end
 """
 
-# ARGV[7..]: id, doc, compact ('' for none), nbytes, then name, data pairs of files
+# ARGV[7..]: id, nbytes. The entry's hash itself is written right after, in the same MULTI/EXEC transaction
+# (large values are cheaper as plain HSET arguments than as script arguments).
 _PUT = _LIMITS + """
 local id = ARGV[7]
 if redis.call('ZSCORE', KEYS[1], id) then drop(id) end
-local key = prefix .. 'r:' .. id
-redis.call('HSET', key, 'doc', ARGV[8])
-if ARGV[9] ~= '' then redis.call('HSET', key, 'compact', ARGV[9]) end
-for i = 11, #ARGV, 2 do redis.call('HSET', key, 'f:' .. ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
 redis.call('ZADD', KEYS[1], now, id)
-redis.call('HSET', KEYS[2], id, ARGV[10])
-redis.call('INCRBY', KEYS[3], ARGV[10])
+redis.call('HSET', KEYS[2], id, ARGV[8])
+redis.call('INCRBY', KEYS[3], ARGV[8])
 enforce()
 return 1
 """
@@ -134,9 +130,18 @@ class RedisStore:
         packed = encode_compact(compact) if compact is not None else b""  # type: ignore[arg-type]
         files = dict(files or {})
         nbytes = len(doc) + len(packed) + sum(len(b) for b in files.values())
-        pairs = [v for name, data in files.items() for v in (name, data)]
-        args = [*self._limit_args(keep=key), key, doc, packed, nbytes, *pairs]
-        self._call(lambda: self._put(keys=self._keys, args=args))
+        fields = {"doc": doc, **({"compact": packed} if packed else {}),
+                  **{f"f:{name}": data for name, data in files.items()}}
+        entry = self._entry(key)
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            self._put(keys=self._keys, args=[*self._limit_args(keep=key), key, nbytes], client=pipe)
+            pipe.hset(entry, mapping=fields)
+            pipe.pexpire(entry, int(self.ttl_s * 1000) + 1)
+            pipe.execute()
+
+        self._call(write)
 
     def get_result(self, key: str) -> Any | None:
         data = self._call(lambda: self._redis.hget(self._entry(key), "doc"))
