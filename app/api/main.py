@@ -47,12 +47,15 @@ def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor 
         loader = asyncio.get_running_loop().run_in_executor(None, service.load, predictor)
         gateway = start_gateway(service, settings)  # the DICOM listener, when ICH_DICOM_PORT is set
         app.state.dicom_gateway = gateway
+        heartbeat = asyncio.create_task(service.jobs.heartbeat_loop())
         try:
             yield
         finally:
             if gateway is not None:
                 gateway.stop()
             await loader
+            await service.jobs.drain(settings.shutdown_grace_s)
+            heartbeat.cancel()
             service.close()
             log.info("service stopped")
 

@@ -65,6 +65,9 @@ SERVICE_CODES: dict[str, tuple[int, str]] = {
     "not_ready": (503, "The model is not loaded yet"),
     "processing_timeout": (503, "The request exceeded the processing time limit"),
     "out_of_memory": (503, "The device ran out of memory for this request"),
+    "store_unavailable": (503, "The result store is unavailable; retry later"),
+    "job_lost": (503, "The replica running this prediction stopped"),
+    "upstream_unavailable": (503, "No replica could answer; retry later"),  # the balancer's (deploy/haproxy)
     "internal_error": (500, "Internal error"),
 }
 

@@ -63,6 +63,18 @@ class ServiceSettings(BaseSettings):
     result_ttl_s: float = Field(3600.0, gt=0, description="How long results stay retrievable")
     result_max_items: int = Field(200, ge=1, description="Results kept at most")
     result_max_bytes: int = Field(512 * 1024**2, gt=0, description="Bytes of stored results and files at most")
+    store_url: str = Field(
+        "memory://", description="Result store: memory:// (in this process) or redis://host:port/db (Redis or "
+        "Valkey, shared by every replica behind a balancer; rediss:// for TLS)")
+    store_timeout_s: float = Field(1.0, gt=0, description="Per-command time limit of the Redis store")
+    store_prefix: str = Field("ich:", description="Key prefix in the Redis store (several services, one Redis)")
+
+    # --- asynchronous requests (Prefer: respond-async) ---------------------------------------------------
+    job_poll_after_s: int = Field(1, ge=1, description="Retry-After of 202 answers: when to poll a job again")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a replica refreshes its heartbeat")
+    heartbeat_timeout_s: float = Field(
+        10.0, gt=0, description="A queued or running job whose replica has not beaten for this long is failed "
+        "(503 job_lost)")
 
     # --- DICOM network (app/dicom_network) ---------------------------------------------------------------
     dicom_port: int | None = Field(None, ge=0, le=65535, description="Port of the DICOM listener (C-ECHO, CT "

@@ -15,6 +15,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +36,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from app.errors import IngestionError
-    from app.inference import Predictor
+def predict_case(predictor: Any, inputs: list[Path], out: Path, *, series_instance_uid: str | None = None,
+                 onset_to_ct_hours: float | None = None, infer: Any = None) -> dict[str, Any]:
+    """One prediction written to ``out`` (``result.json`` last, so its presence means the case is complete);
+    returns the summary line's fields. Raises :class:`~app.errors.IngestionError` for a refused input.
+    ``infer``: the forward pass to use (default ``predictor.infer``; ``predict-batch`` passes one that serialises
+    the model among its workers)."""
     from app.ingestion import load_series
     from app.outputs.compact import DOCUMENT_FILES
     from app.result import StageTimings, build_document, compact_outputs, local_document, unavailable_files
+
+    timings = StageTimings()
+    with timings.stage("read"):
+        series = load_series([str(p) for p in inputs], series_instance_uid=series_instance_uid)
+    if infer is None:
+        result = predictor.predict(series)
+    else:
+        prepared = predictor.prepare(series)
+        result = predictor.finish(series, prepared, infer(prepared.tensor))
+    timings.add_result(result)
+    with timings.stage("outputs"):
+        compact = compact_outputs(predictor, series, result, keep_slices=False)
+        files = compact.render_all()
+    document = build_document(uuid.uuid4().hex, predictor, series, result, timings.ms, onset_to_ct_hours)
+    compact = compact.with_document(document)  # the SR and the summary report the document's figures
+    files.update(compact.render_all([n for n in DOCUMENT_FILES if compact.unavailable(n) is None]))
+    not_written = unavailable_files(compact)
+    body = local_document(document, files, not_written)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    partial = out / "result.json.partial"
+    partial.write_text(json.dumps(body, indent=2) + "\n")
+    partial.replace(out / "result.json")
+    return {"out": str(out), "detected": result.detected, "probability": result.probability,
+            "predicted": result.predicted, "volume_ml": result.volume_ml,
+            "warnings": [w.code for w in document.input.warnings],
+            "not_written": {name: m.reason for name, m in not_written.items()}}
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.errors import IngestionError
+    from app.inference import Predictor
 
     try:
         predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
@@ -49,30 +86,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
                           "message": str(exc)}), file=sys.stderr)
         return 3
-    timings = StageTimings()
     try:
-        with timings.stage("read"):
-            series = load_series([str(p) for p in args.inputs], series_instance_uid=args.series_instance_uid)
-        result = predictor.predict(series)
+        summary = predict_case(predictor, args.inputs, args.out, series_instance_uid=args.series_instance_uid,
+                               onset_to_ct_hours=args.onset_to_ct_hours)
     except IngestionError as exc:
         print(json.dumps(exc.as_dict()), file=sys.stderr)
         return 2
-    timings.add_result(result)
-    with timings.stage("outputs"):
-        compact = compact_outputs(predictor, series, result, keep_slices=False)
-        files = compact.render_all()
-    document = build_document(uuid.uuid4().hex, predictor, series, result, timings.ms, args.onset_to_ct_hours)
-    compact = compact.with_document(document)  # the SR and the summary report the document's figures
-    files.update(compact.render_all([n for n in DOCUMENT_FILES if compact.unavailable(n) is None]))
-    not_written = unavailable_files(compact)
-    body = local_document(document, files, not_written)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (args.out / name).write_bytes(data)
-    (args.out / "result.json").write_text(json.dumps(body, indent=2) + "\n")
-    for name, missing in not_written.items():
-        print(f"{name} not written: {missing.reason}", file=sys.stderr)
-    print(json.dumps({"out": str(args.out), "detected": result.detected, "probability": result.probability,
-                      "predicted": result.predicted, "volume_ml": result.volume_ml,
-                      "not_written": {name: m.reason for name, m in not_written.items()}}))
+    for name, reason in summary["not_written"].items():
+        print(f"{name} not written: {reason}", file=sys.stderr)
+    summary.pop("warnings")
+    print(json.dumps(summary))
     return 0
