@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("inspect", "convert", "model_info", "predict", "serve")
+COMMAND_MODULES = ("inspect", "convert", "model_info", "predict", "serve", "compare", "predict_batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

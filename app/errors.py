@@ -58,6 +58,26 @@ class ResultReason(StrEnum):
     """Why a prediction field is null (``expansion.reason``)."""
 
     NO_HAEMATOMA_DETECTED = "no_haematoma_detected"  # the detection rule rejected the segmented mask
+    # comparisons: the growth rule needs a baseline haematoma (relative growth of nothing is undefined)
+    NO_BASELINE_HAEMATOMA = "no_baseline_haematoma"
+
+
+class ComparisonRefusal(StrEnum):
+    """Why two predictions cannot be compared as baseline and follow-up (HTTP 422 ``code``, ``compare`` exit 2)."""
+
+    DIFFERENT_PATIENTS = "different_patients"  # the two studies belong to different patients
+    FOLLOWUP_NOT_LATER = "followup_not_later"  # the follow-up was acquired at or before the baseline
+    PATIENT_IDENTITY_UNKNOWN = "patient_identity_unknown"  # no patient ID/name in one study (e.g. a NIfTI input)
+    ACQUISITION_TIME_UNKNOWN = "acquisition_time_unknown"  # no acquisition/series/study date in one study
+
+
+class AbstainReason(StrEnum):
+    """Why a prediction advises against relying on it (``abstain.reasons``)."""
+
+    MASK_AT_FOV_EDGE = "mask_at_fov_edge"  # the haematoma mask reaches the edge of the analysed field of view
+    INTERVAL_TOO_WIDE = "interval_too_wide"  # the test-time-augmentation interval is wider than the limit
+    INFRATENTORIAL = "infratentorial"  # the haematoma lies probably below the tentorium (outside the population)
+    IMAGE_STATISTICS_OUT_OF_RANGE = "image_statistics_out_of_range"  # brain HU statistics outside the training range
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,18 @@ class QualityWarning:
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": str(self.code), "message": self.message, "details": self.details}
+
+
+class ComparisonError(Exception):
+    """A refused comparison. ``message`` never contains patient identifiers or dates."""
+
+    def __init__(self, code: ComparisonRefusal, message: str):
+        super().__init__(message)
+        self.code = ComparisonRefusal(code)
+        self.message = message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": str(self.code), "message": self.message}
 
 
 class IngestionError(Exception):

@@ -11,6 +11,10 @@ service can run the CPU-heavy ones in a thread pool and the model in a single wo
 
 ``prepare`` (CPU: skull strip, resample, normalise) -> ``infer`` (device: forward pass) -> ``finish``
 (CPU: inverse mapping, threshold, detection, calibration, volumetry). :meth:`Predictor.predict` runs all three in sequence.
+
+Test-time augmentation (``tta_passes``, :mod:`app.model.uncertainty`) adds augmented forward passes to ``infer``
+and their measurements to ``finish`` (intervals of the volume and the expansion probability); the primary pass and
+everything reported from it are the same with or without it. Abstention reasons are set on every result.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class RawPrediction:
     probability_map: np.ndarray  # float32 (D, H, W), haematoma probability on the model grid
     expansion_probability: float
     inference_ms: float
+    # test-time augmentation passes: (probability map mapped back to the model grid, network expansion output)
+    tta: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +114,12 @@ class PredictionResult:
     # app.model.clot_features and app.model.ncct_markers measurements (empty: none)
     clot_features: dict[str, float] = field(default_factory=dict)
     markers: dict[str, bool] = field(default_factory=dict)  # NCCT marker -> present (empty: not assessed)
+    # app.model.uncertainty: TTA intervals (None without TTA or without a detection), image statistics, abstention
+    tta_passes: int = 0
+    volume_interval_ml: tuple[float, float] | None = None
+    probability_interval: tuple[float, float] | None = None
+    image_statistics: dict[str, float] = field(default_factory=dict)
+    abstain_reasons: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers (without the mask)."""
@@ -132,6 +144,22 @@ class PredictionResult:
         }
 
 
+@dataclass
+class Measured:
+    """Output of :meth:`Predictor.measure`: ``mask`` uint8 on the analysis grid (all zeros when not detected),
+    ``segmented_ml`` (mL, before the detection rule), ``mean_probability`` (inside the thresholded mask),
+    ``features`` (clot and marker measurements), ``markers`` (decisions), probabilities 0-1."""
+
+    mask: np.ndarray
+    segmented_ml: float
+    mean_probability: float
+    detected: bool
+    features: dict[str, float]
+    markers: dict[str, bool]
+    raw_probability: float
+    probability: float | None
+
+
 def resolve_postprocessing(weights: Any) -> Postprocessing:
     """``weights.postprocessing`` (validated by the registry), else the block of ``weights.manifest`` (defaults
     when it has none), for stand-ins that carry only a manifest."""
@@ -153,13 +181,16 @@ class Predictor:
 
     def __init__(self, weights: Any, device: str | torch.device = "auto", amp: AmpMode = "auto",
                  *, channels_last: bool | Literal["auto"] = "auto", cuda_graphs: bool = False,
-                 compile: CompileMode = False):
+                 compile: CompileMode = False, tta_passes: int | None = None):
         """``weights``: a :class:`~app.weights.registry.LoadedWeights` (or anything with its fields).
         ``amp`` applies on CUDA only (the CPU path is float32: bf16 is emulated and slower without AMX);
         ``channels_last``: NDHWC weights and input; ``"auto"`` = on CUDA only (measured slower on this project's
         CPU reference machine, see :class:`app.model.runtime.InferenceRunner`); ``compile``: inductor with
         freezing (``"auto"`` = on CPU with a C++ compiler; the first forward pass compiles, so call
-        :meth:`warm_up` before timing-sensitive work; see :func:`app.model.runtime.resolve_compile`)."""
+        :meth:`warm_up` before timing-sensitive work; see :func:`app.model.runtime.resolve_compile`);
+        ``tta_passes``: augmented passes per series (None: :func:`app.model.uncertainty.default_passes`, on for
+        CUDA, off for CPU)."""
+        from app.model import uncertainty
         self.weights = weights
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.plans = weights.plans
@@ -172,17 +203,20 @@ class Predictor:
         self.amp_dtype = self.runner.autocast_dtype
         self.model = self.runner.model
         self.oom_count = 0
+        self.uncertainty = uncertainty.UncertaintySettings.from_manifest(getattr(weights, "manifest", None))
+        self.tta_passes = uncertainty.default_passes(self.device.type) if tta_passes is None else max(0, tta_passes)
+        self.augmentations = uncertainty.augmentations(self.tta_passes)
 
     @classmethod
     def from_registry(
         cls, weights_dir: Any, version: str | None = None, device: str = "auto", amp: AmpMode = "auto",
-        compile: CompileMode = False,
+        compile: CompileMode = False, tta_passes: int | None = None,
     ) -> Predictor:
         """Load (and checksum-verify) weights through :func:`app.weights.registry.load_weights`."""
         from app.weights.registry import load_weights
 
         dev = resolve_device(device)
-        return cls(load_weights(weights_dir, version, str(dev)), dev, amp, compile=compile)
+        return cls(load_weights(weights_dir, version, str(dev)), dev, amp, compile=compile, tta_passes=tta_passes)
 
     # --- stages -------------------------------------------------------------------------------------------
     def prepare(self, series: IngestedSeries) -> PreparedCase:
@@ -203,54 +237,39 @@ class Predictor:
         t0 = time.perf_counter()
         try:
             prob_map, expansion = self.runner.run(tensor)
+            tta = [self._augmented_pass(tensor, aug) for aug in self.augmentations]
         except torch.cuda.OutOfMemoryError as exc:
             self.oom_count += 1
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise InferenceOutOfMemory("the device ran out of memory for this series") from exc
-        return RawPrediction(prob_map, expansion, _ms(t0))
+        return RawPrediction(prob_map, expansion, _ms(t0), tta)
+
+    def _augmented_pass(self, tensor: np.ndarray, aug: Any) -> tuple[np.ndarray, float]:
+        prob, expansion = self.runner.run(aug.apply(np.asarray(tensor)))
+        return aug.invert(prob), expansion
 
     def finish(self, series: IngestedSeries, prepared: PreparedCase, raw: RawPrediction) -> PredictionResult:
         """Map probabilities back to the analysis grid, threshold, apply the detection rule, calibrate, and
         measure (CPU); see :class:`PredictionResult` for what a failed detection reports."""
         from app import volumetry
-        from app.model.clot_features import clot_features
-        from app.model.mask_refinement import refine_mask
-        from app.model.ncct_markers import measure_markers
         from app.preprocessing import mask_to_source_slices, probabilities_to_reference
 
         t0 = time.perf_counter()
         post = self.postprocessing
         prob_ref = probabilities_to_reference(raw.probability_map, prepared.grid, series.image)
-        mask_arr = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
-        hu = sitk.GetArrayViewFromImage(series.image)
-        mean_probability = mean_inside(prob_ref, mask_arr)
-        if post.refinement.enabled:
-            seed = mask_arr if post.refinement.seed_threshold is None else \
-                (prob_ref >= post.refinement.seed_threshold).astype(np.uint8)
-            mask_arr = refine_mask(hu, seed, series.spacing_zyx, post.refinement, prob_ref).astype(np.uint8)
-        segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
-        detected = post.detection.detected(segmented_ml, mean_probability)
+        network_probability = float(raw.expansion_probability)
+        m = self.measure(series, prob_ref, network_probability)
+        mask_arr, detected, features = m.mask, m.detected, m.features
         if detected:
             offset = centroid_offset_lps(centroid_lps(mask_arr, series.image), prepared.brain_centroid_lps)
             infratentorial = post.infratentorial.applies(offset)
             model_mask = (raw.probability_map >= self.plans.mask_threshold).astype(np.uint8)
             touches_edge = bool(volumetry.touches_fov_edge(model_mask))
         else:
-            mask_arr = np.zeros_like(mask_arr)
             infratentorial = touches_edge = False
-        network_probability = float(raw.expansion_probability)
-        features: dict[str, float] = {}
-        markers: dict[str, bool] = {}
-        if detected:
-            features = clot_features(hu, mask_arr, series.spacing_zyx)
-            if post.markers.enabled:
-                measured = measure_markers(hu, mask_arr, series.spacing_zyx, prob_ref, post.markers.geometry)
-                features.update(measured)
-                markers = post.markers.decide(measured)
-        raw_probability = post.expansion_model.probability(network_probability, features) if detected \
-            else network_probability
-        probability = post.calibration.apply(raw_probability) if detected else None
+        segmented_ml, mean_probability = m.segmented_ml, m.mean_probability
+        markers, raw_probability, probability = m.markers, m.raw_probability, m.probability
         mask = sitk.GetImageFromArray(mask_arr)
         mask.CopyInformation(series.image)
         if not series.resampled and mask_arr.shape[0] == len(series.slices):
@@ -280,8 +299,46 @@ class Predictor:
             markers=markers,
             timings_ms=timings,
         )
+        from app.model.uncertainty import add_uncertainty
+
+        add_uncertainty(self, series, prepared, raw, result)  # TTA intervals, image statistics, abstention
         result.timings_ms["postprocess"] = _ms(t0)
         return result
+
+    def measure(self, series: IngestedSeries, prob_ref: np.ndarray, network_probability: float) -> Measured:
+        """The haematoma and expansion measurements of one haematoma-probability map on the analysis grid
+        (``prob_ref``, z-y-x, 0-1): threshold, boundary refinement, detection, clot and marker measurements,
+        expansion model and calibration, as every answer reports them (also each test-time augmentation pass)."""
+        from app import volumetry
+        from app.model.clot_features import clot_features
+        from app.model.mask_refinement import refine_mask
+        from app.model.ncct_markers import measure_markers
+
+        post = self.postprocessing
+        mask_arr = (prob_ref >= self.plans.mask_threshold).astype(np.uint8)
+        hu = sitk.GetArrayViewFromImage(series.image)
+        mean_probability = mean_inside(prob_ref, mask_arr)
+        if post.refinement.enabled:
+            seed = mask_arr if post.refinement.seed_threshold is None else \
+                (prob_ref >= post.refinement.seed_threshold).astype(np.uint8)
+            mask_arr = refine_mask(hu, seed, series.spacing_zyx, post.refinement, prob_ref).astype(np.uint8)
+        segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
+        detected = post.detection.detected(segmented_ml, mean_probability)
+        features: dict[str, float] = {}
+        markers: dict[str, bool] = {}
+        if detected:
+            features = clot_features(hu, mask_arr, series.spacing_zyx)
+            if post.markers.enabled:
+                measured = measure_markers(hu, mask_arr, series.spacing_zyx, prob_ref, post.markers.geometry)
+                features.update(measured)
+                markers = post.markers.decide(measured)
+        else:
+            mask_arr = np.zeros_like(mask_arr)
+        raw_probability = post.expansion_model.probability(network_probability, features) if detected \
+            else network_probability
+        probability = post.calibration.apply(raw_probability) if detected else None
+        return Measured(mask_arr, segmented_ml, mean_probability, detected, features, markers, raw_probability,
+                        probability)
 
     def predict(self, series: IngestedSeries) -> PredictionResult:
         """All stages in sequence on the calling thread."""
@@ -320,5 +377,6 @@ class Predictor:
             "plans": w.plans.model_dump(mode="json"), "config": w.config.model_dump(mode="json"),
             "parameter_count": count_parameters(self.model), "device": str(self.device),
             "runtime": self.runner.describe(), "postprocessing": self.postprocessing.model_dump(mode="json"),
+            "uncertainty": {**self.uncertainty.model_dump(mode="json"), "tta_passes": self.tta_passes},
         })
         return body

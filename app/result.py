@@ -6,7 +6,9 @@ An ingested series (:class:`~app.ingestion.types.IngestedSeries`: HU, LPS, z-y-x
 * the result document, :class:`~app.result_schema.PredictionResponse` (:func:`build_document`): the JSON of
   ``POST /v1/predictions``; :func:`local_document` turns it into the ``result.json`` the CLI writes;
 * the result files (:func:`compact_outputs`, :func:`render_files`): the NIfTI mask and DICOM SEG on the analysis
-  grid and the PNG overview, rendered from a :class:`~app.outputs.CompactResult`.
+  grid and the PNG overview, rendered from a :class:`~app.outputs.CompactResult`; with the document attached
+  (:meth:`CompactResult.with_document <app.outputs.CompactResult.with_document>`) also the DICOM SR and the
+  secondary-capture summary.
 
 Stage timings (ms) come from one place, :class:`StageTimings`: the predictor's stages (``preprocess``,
 ``inference``, ``postprocess``) as :class:`~app.inference.Predictor` measured them, plus the caller's own stages
@@ -28,6 +30,7 @@ from app.model.ncct_markers import DEFAULT_THRESHOLDS, MEASUREMENT_OF, MEASUREME
 from app.model.postprocessing import result_warnings
 from app.outputs import FILE_NAMES, CompactResult
 from app.result_schema import (
+    Abstain,
     Bat,
     BatPoints,
     Expansion,
@@ -37,6 +40,7 @@ from app.result_schema import (
     MarkerFinding,
     ModelRef,
     PredictionResponse,
+    ProbabilityInterval,
     WarningItem,
 )
 
@@ -88,16 +92,19 @@ class StageTimings:
 
 
 # --- files --------------------------------------------------------------------------------------------------
-def compact_outputs(predictor: Predictor, series: IngestedSeries, result: PredictionResult) -> CompactResult:
-    """The compact form the result files are rendered from (CPU; packs the mask bits, no rendering yet)."""
+def compact_outputs(predictor: Predictor, series: IngestedSeries, result: PredictionResult, *,
+                    keep_slices: bool = True) -> CompactResult:
+    """The compact form the result files are rendered from (CPU; packs the mask bits, no rendering yet).
+    ``keep_slices``: also keep the HU volume, compressed, for the slice viewer (what the service stores)."""
     w = predictor.weights
-    return CompactResult.from_prediction(series, result, algorithm_name=w.name, algorithm_version=w.version)
+    return CompactResult.from_prediction(series, result, algorithm_name=w.name, algorithm_version=w.version,
+                                         keep_slices=keep_slices)
 
 
 def render_files(predictor: Predictor, series: IngestedSeries, result: PredictionResult) -> dict[str, bytes]:
     """NIfTI mask, DICOM SEG and PNG overview as bytes (CPU), as ``python -m app predict`` writes them; without
     source instances (a NIfTI input) there is no SEG (:meth:`CompactResult.unavailable` says why)."""
-    return compact_outputs(predictor, series, result).render_all()
+    return compact_outputs(predictor, series, result, keep_slices=False).render_all()
 
 
 def unavailable_files(compact: CompactResult) -> dict[str, OutputUnavailable]:
@@ -151,6 +158,9 @@ def build_document(
             predicted=result.predicted,
             reason=result.reason,
             definition=expansion_definition(w),
+            interval=None if result.probability_interval is None else ProbabilityInterval(
+                level=predictor.uncertainty.level, low=result.probability_interval[0],
+                high=result.probability_interval[1], passes=result.tta_passes),
         ),
         haematoma=Haematoma(
             detected=result.detected,
@@ -160,6 +170,7 @@ def build_document(
             touches_fov_edge=result.touches_fov_edge,
             infratentorial=result.infratentorial,
             measurements={k: round(float(v), 6) for k, v in result.clot_features.items()},
+            volume_interval_ml=result.volume_interval_ml,
         ),
         ncct_markers=_markers(predictor, result),
         bat=_bat(result, onset_to_ct_hours),
@@ -168,8 +179,11 @@ def build_document(
             mask_nifti=f"{prefix}/mask.nii.gz",
             seg_dicom=f"{prefix}/seg.dcm" if series.source_headers else None,
             overlay_png=f"{prefix}/overlay.png",
+            sr_dicom=f"{prefix}/sr.dcm" if series.source_headers else None,
+            summary_dicom=f"{prefix}/summary.dcm" if series.source_headers else None,
         ),
         timings_ms=timings,
+        abstain=Abstain(value=bool(result.abstain_reasons), reasons=list(result.abstain_reasons)),
     )
 
 

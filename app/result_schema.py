@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.errors import AbstainReason
+
 
 class ModelRef(BaseModel):
     name: str
@@ -35,6 +37,18 @@ class InputSummary(BaseModel):
     warnings: list[WarningItem] = Field(default_factory=list)
 
 
+class ProbabilityInterval(BaseModel):
+    level: float = Field(description="Nominal coverage, e.g. 0.9")
+    low: float = Field(ge=0, le=1)
+    high: float = Field(ge=0, le=1)
+    passes: int = Field(description="Augmented passes besides the primary one")
+
+
+class Abstain(BaseModel):
+    value: bool = Field(description="true: do not rely on this prediction (see reasons)")
+    reasons: list[AbstainReason] = Field(default_factory=list)
+
+
 class Expansion(BaseModel):
     probability: float | None = Field(ge=0, le=1, description="Calibrated expansion probability; null when no "
                                       "haematoma was detected (see reason)")
@@ -45,6 +59,8 @@ class Expansion(BaseModel):
     predicted: bool | None = Field(description="probability >= threshold; null when no haematoma was detected")
     reason: str | None = Field(None, description="Why probability is null: no_haematoma_detected")
     definition: str
+    interval: ProbabilityInterval | None = Field(None, description="Test-time-augmentation interval of the "
+                                                 "calibrated probability; null without TTA or detection")
 
 
 class Haematoma(BaseModel):
@@ -58,6 +74,9 @@ class Haematoma(BaseModel):
                                  "haematoma lies probably below the tentorium")
     measurements: dict[str, float] = Field(default_factory=dict, description="Clot measurements on the analysis "
                                            "grid (HU, mL; app/model/clot_features.py); empty when not detected")
+    volume_interval_ml: tuple[float, float] | None = Field(
+        None, description="Test-time-augmentation interval of volume_ml (mL, same level as expansion.interval); "
+        "null without TTA or detection")
 
 
 class MarkerFinding(BaseModel):
@@ -86,6 +105,10 @@ class Links(BaseModel):
     mask_nifti: str
     seg_dicom: str | None = Field(None, description="null when the input has no DICOM source instances (NIfTI)")
     overlay_png: str
+    sr_dicom: str | None = Field(None, description="DICOM SR (TID 1500 measurement report); null without DICOM "
+                                 "source instances (NIfTI)")
+    summary_dicom: str | None = Field(None, description="Secondary-capture summary image; null without DICOM "
+                                      "source instances (NIfTI)")
 
 
 class PredictionResponse(BaseModel):
@@ -101,3 +124,4 @@ class PredictionResponse(BaseModel):
                             "when ncct_markers is null")
     links: Links
     timings_ms: dict[str, float]
+    abstain: Abstain | None = Field(None, description="Whether to abstain from this prediction, and why")

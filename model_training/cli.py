@@ -8,7 +8,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("synth", "train", "cv", "evaluate", "calibrate", "compare_auc", "register")
+COMMAND_MODULES = ("synth", "train", "cv", "evaluate", "calibrate", "compare_auc", "register", "label_followup",
+                   "fit_uncertainty")
 
 
 def build_parser() -> argparse.ArgumentParser:

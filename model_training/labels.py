@@ -2,12 +2,13 @@
 
 The paper's main text defines early haematoma expansion as an increase of > 6 mL absolute or > 33 % relative
 volume between the baseline and the 24-hour follow-up CT; its supplement writes ">= 6 mL or >= 33 %".
-``inclusive`` switches between the two readings (default: the main text's strict inequalities).
+``inclusive`` switches between the two readings (default: the main text's strict inequalities). The rule itself
+is the service's (:func:`app.comparison.expanded`), so labels and ``POST /v1/comparisons`` always agree.
 """
 
 from __future__ import annotations
 
-import math
+from app.comparison import ExpansionRule, expanded
 
 
 def expansion_label(
@@ -17,20 +18,4 @@ def expansion_label(
 
     Volumes in mL. ``baseline_ml`` must be positive and finite; ``followup_ml`` finite and >= 0.
     """
-    for name, value in (("baseline_ml", baseline_ml), ("followup_ml", followup_ml)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-    if baseline_ml <= 0:
-        raise ValueError(f"baseline_ml must be > 0, got {baseline_ml!r}")
-    if followup_ml < 0:
-        raise ValueError(f"followup_ml must be >= 0, got {followup_ml!r}")
-    growth = followup_ml - baseline_ml
-    return _exceeds(growth, abs_ml, inclusive) or _exceeds(growth, rel * baseline_ml, inclusive)
-
-
-def _exceeds(value: float, threshold: float, inclusive: bool) -> bool:
-    """``value > threshold`` (``>=`` when inclusive); values within 1e-9 of the threshold count as equal, so
-    that floating-point rounding (13.3 - 10.0 = 3.3000000000000007) cannot flip a boundary case."""
-    if math.isclose(value, threshold, rel_tol=1e-9, abs_tol=1e-9):
-        return inclusive
-    return value > threshold
+    return expanded(baseline_ml, followup_ml, ExpansionRule(abs_ml=abs_ml, rel=rel, inclusive=inclusive))

@@ -107,14 +107,15 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=180)
 
 
-def test_predict_cli_writes_all_four_files(weights_dir: Path, phantom: list[Path], tmp_path: Path) -> None:
+def test_predict_cli_writes_all_files(weights_dir: Path, phantom: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = _run_cli(str(phantom[0].parent), "--out", str(out), "--weights-dir", str(weights_dir), "--device", "cpu",
                     "--onset-to-ct-hours", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["mask.nii.gz", "overlay.png", "result.json", "seg.dcm"]
+    written = ["mask.nii.gz", "overlay.png", "result.json", "seg.dcm", "sr.dcm", "summary.dcm"]
+    assert sorted(p.name for p in out.iterdir()) == written
     body = json.loads((out / "result.json").read_text())
-    assert body["files"] == ["mask.nii.gz", "overlay.png", "result.json", "seg.dcm"]
+    assert body["files"] == written
     PredictionResponse.model_validate({**body, "links": {"self": "", "mask_nifti": "", "seg_dicom": "",
                                                          "overlay_png": ""}})
     assert body["model"]["name"] == "test-small" and body["expansion"]["definition"] == EXPANSION_DEFINITION

@@ -50,10 +50,11 @@ def test_predict_cli_on_a_synthetic_nifti_case(weights_dir: Path, tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["mask.nii.gz", "overlay.png", "result.json"]
     assert "seg.dcm not written:" in proc.stderr and "NIfTI" in proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary["not_written"]) == {"seg.dcm"}
+    assert set(summary["not_written"]) == {"seg.dcm", "sr.dcm", "summary.dcm"}
     body = json.loads((out / "result.json").read_text())
     assert body["files"] == ["mask.nii.gz", "overlay.png", "result.json"]
     assert body["files_not_written"]["seg.dcm"]["code"] == "seg_needs_dicom_source"
+    assert body["files_not_written"]["sr.dcm"]["code"] == "needs_dicom_source"
     assert body["input"]["source_kind"] == "nifti" and body["input"]["slice_count"] == 20
     assert body["input"]["series_instance_uid"] == "" and "no_dicom_source" in [
         w["code"] for w in body["input"]["warnings"]]

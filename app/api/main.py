@@ -28,6 +28,7 @@ from app.api.routes import include_routes
 from app.api.security import ApiKeyAuth
 from app.api.service import PredictionService
 from app.api.settings import ServiceSettings
+from app.dicom_network import start_gateway
 from app.inference import Predictor
 
 log = logging.getLogger("app.api")
@@ -44,10 +45,17 @@ def create_app(settings: ServiceSettings | None = None, *, predictor: Predictor 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.get_running_loop().run_in_executor(None, service.load, predictor)
+        gateway = start_gateway(service, settings)  # the DICOM listener, when ICH_DICOM_PORT is set
+        app.state.dicom_gateway = gateway
+        heartbeat = asyncio.create_task(service.jobs.heartbeat_loop())
         try:
             yield
         finally:
+            if gateway is not None:
+                gateway.stop()
             await loader
+            await service.jobs.drain(settings.shutdown_grace_s)
+            heartbeat.cancel()
             service.close()
             log.info("service stopped")
 

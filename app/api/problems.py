@@ -58,12 +58,16 @@ SERVICE_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Missing or invalid API key"),
     "not_found": (404, "Not found"),
     "seg_needs_dicom_source": (409, "This output needs DICOM source images"),
+    "slices_unavailable": (409, "This result has no stored image volume"),
     "method_not_allowed": (405, "Method not allowed"),
     "request_timeout": (408, "The upload was not completed in time"),
     "overloaded": (503, "The service is at capacity; retry later"),
     "not_ready": (503, "The model is not loaded yet"),
     "processing_timeout": (503, "The request exceeded the processing time limit"),
     "out_of_memory": (503, "The device ran out of memory for this request"),
+    "store_unavailable": (503, "The result store is unavailable; retry later"),
+    "job_lost": (503, "The replica running this prediction stopped"),
+    "upstream_unavailable": (503, "No replica could answer; retry later"),  # the balancer's (deploy/haproxy)
     "internal_error": (500, "Internal error"),
 }
 

@@ -12,6 +12,9 @@
   stops (after the current stage).
 * The result document and files are built by :mod:`app.result` (the core, shared with ``python -m app
   predict``); stage timings (ms) are the predictor's own plus the service's ``read`` and ``outputs``.
+* Results live in the store named by ``ICH_STORE_URL`` (:func:`app.api.store.open_store`; memory or Redis),
+  called in a small thread pool; a store that fails answers 503 ``store_unavailable``. Asynchronous requests
+  are :class:`app.api.jobs.AsyncJobs` (``service.jobs``).
 """
 
 from __future__ import annotations
@@ -26,20 +29,23 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from app.api.jobs import AsyncJobs
 from app.api.logging_config import pseudonym
 from app.api.metrics import ServiceMetrics
 from app.api.problems import Problem
 from app.api.settings import ServiceSettings
-from app.api.store import ResultStore
+from app.api.store import StoreUnavailable, open_store
 from app.api.uploads import Upload, receive_upload
+from app.comparison import subject_of, subject_store_key
 from app.errors import IngestionError, RefusalCode
 from app.inference import InferenceOutOfMemory, PredictionResult, Predictor
-from app.outputs import CompactResult
+from app.outputs.compact import OutputUnavailable
 from app.result import PredictionResponse, StageTimings, build_document, compact_outputs, render_files
 
 __all__ = ["Admission", "Job", "PredictionService", "build_response", "compact_outputs", "render_files"]
 
-RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png"}
+RENDER_STAGES = {"mask.nii.gz": "render_nifti", "seg.dcm": "render_seg", "overlay.png": "render_png",
+                 "sr.dcm": "render_sr", "summary.dcm": "render_summary"}
 
 log = logging.getLogger("app.api.service")
 
@@ -76,7 +82,12 @@ class PredictionService:
     def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics):
         self.settings = settings
         self.metrics = metrics
-        self.store = ResultStore(settings.result_max_items, settings.result_max_bytes, settings.result_ttl_s)
+        self.store = open_store(settings)
+        # what POST /v1/comparisons needs of each prediction (app.comparison.ScanSubject, under subject_store_key):
+        # the same backend, as many entries and as long as the results, kept apart so it does not count against them
+        self.subjects = open_store(settings, namespace="subjects", max_bytes=settings.result_max_items * 4096)
+        self.store_pool = ThreadPoolExecutor(4, thread_name_prefix="ich-store")
+        self.jobs = AsyncJobs(self)
         self.predictor: Predictor | None = None
         self.ready = False
         self.not_ready_reason = "loading model"
@@ -92,7 +103,7 @@ class PredictionService:
         try:
             t0 = time.perf_counter()
             self.predictor = predictor or Predictor.from_registry(s.weights_dir, s.weights_version, s.device, s.amp,
-                                                                  compile=s.compile)
+                                                                  compile=s.compile, tta_passes=s.tta_passes)
             if s.warmup_passes:
                 self.predictor.warm_up(s.warmup_passes)
             info = self.predictor.model_summary()
@@ -109,6 +120,8 @@ class PredictionService:
         self.metrics.ready.set(0)
         self.cpu_pool.shutdown(wait=True, cancel_futures=False)
         self.model_pool.shutdown(wait=True, cancel_futures=False)
+        self.store_pool.shutdown(wait=True, cancel_futures=False)
+        self.store.close()
 
     # --- admission ---------------------------------------------------------------------------------------
     @property
@@ -224,9 +237,9 @@ class PredictionService:
     def _observe_stage(self, name: str, ms: float) -> None:
         self.metrics.stage_latency.labels(name).observe(ms / 1000.0)
 
-    async def run(self, job: Job, base_url: str) -> PredictionResponse:
+    async def run(self, job: Job, base_url: str, prediction_id: str | None = None) -> PredictionResponse:
         """The whole pipeline for one admitted job (ingest, the predictor's three stages, the compact result),
-        stored under a new id. The slot and the files belong to the :class:`Admission`; the upload is removed
+        stored under ``prediction_id`` (default: a new id). The slot and the files belong to the :class:`Admission`; the upload is removed
         here as soon as the instances are in memory."""
         from app.ingestion import ArchiveLimits, load_series
 
@@ -265,10 +278,13 @@ class PredictionService:
         with timings.stage("outputs"):
             # files are rendered lazily on their first GET; the POST path only packs the mask
             compact = await self._cpu(compact_outputs, predictor, series, result)
-        pid = uuid.uuid4().hex
+        pid = prediction_id or uuid.uuid4().hex
         document = build_document(pid, predictor, series, result, timings.ms, job.onset_to_ct_hours, base_url)
-        self.store.put(pid, document, compact=compact)
-        self.update_store_metrics()
+        compact = compact.with_document(document)  # the SR and the summary report the document's figures
+        await self.stored(self.store.put, pid, document, compact=compact)
+        await self.stored(self.subjects.put, subject_store_key(pid),
+                          subject_of(pid, series, result, s.identity_key.encode() or None))
+        await self.refresh_store_metrics()
         log.info("prediction done", extra={
             "prediction_id": pid, "series": pseudonym(series.series_instance_uid),
             "slices": series.slice_count, "timings_ms": document.timings_ms,
@@ -290,27 +306,58 @@ class PredictionService:
                 RefusalCode.INVALID_DICOM, "An uploaded DICOM object could not be read (damaged or malformed)",
             )) from None
 
+    # --- the store ------------------------------------------------------------------------------------------
+    def store_problem(self, exc: StoreUnavailable) -> Problem:
+        return Problem("store_unavailable", f"The result store cannot be reached ({exc})", headers=self.retry_after())
+
+    async def stored(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` (a store call) in the store thread pool; 503 ``store_unavailable`` (with
+        Retry-After) when the store fails."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.store_pool, lambda: fn(*args, **kwargs))
+        except StoreUnavailable as exc:
+            raise self.store_problem(exc) from None
+
+    async def store_failure(self) -> str | None:
+        """Why the store cannot be used now (readiness), or None when it answers."""
+        try:
+            await self.stored(self.store.ping)
+        except Problem as exc:
+            return exc.detail
+        return None
+
     def update_store_metrics(self) -> None:
-        """Set the store gauges (items, bytes) from the store now."""
-        stats = self.store.stats()
+        """Set the store gauges (items, bytes) from the store now (blocking; left as they were when the store
+        fails)."""
+        try:
+            stats = self.store.stats()
+        except StoreUnavailable:
+            return
         self.metrics.store_items.set(stats["items"])
         self.metrics.store_bytes.set(stats["bytes"])
 
+    async def refresh_store_metrics(self) -> None:
+        """:meth:`update_store_metrics` off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(self.store_pool, self.update_store_metrics)
+
+    async def result(self, prediction_id: str) -> PredictionResponse | None:
+        """The stored result document; ``None`` when unknown or expired."""
+        return await self.stored(self.store.get_result, prediction_id)
+
     async def file(self, prediction_id: str, name: str) -> bytes | None:
         """A result file, rendered on first request in the CPU pool and cached in the store; ``None`` when the
-        prediction is unknown or expired."""
+        prediction is unknown or expired; 409 with the code when this result cannot produce it."""
         t0 = time.perf_counter()
-        entry = self.store.get(prediction_id)
-        if entry is None:
-            return None
-        if name in entry.files:
-            return entry.files[name]
-        missing = entry.compact.unavailable(name) if isinstance(entry.compact, CompactResult) else None
-        if missing is not None:
-            raise Problem(missing.code, missing.reason)
-        data = await self._cpu(self.store.get_file, prediction_id, name)
-        self.metrics.stage_latency.labels(RENDER_STAGES.get(name, "render")).observe(time.perf_counter() - t0)
-        self.update_store_metrics()
+        try:
+            data = await self._cpu(self.store.get_file, prediction_id, name)
+        except OutputUnavailable as missing:
+            raise Problem(missing.code, missing.reason) from None
+        except StoreUnavailable as exc:
+            raise self.store_problem(exc) from None
+        if data is not None:
+            self.metrics.stage_latency.labels(RENDER_STAGES.get(name, "render")).observe(time.perf_counter() - t0)
+        await self.refresh_store_metrics()
         return data
 
     @staticmethod

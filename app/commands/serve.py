@@ -7,6 +7,10 @@ finish (up to ``ICH_SHUTDOWN_GRACE_S``), then the application stops its worker p
 The weights are loaded and checksum-verified *before* uvicorn starts: missing, corrupted or tampered weights stop
 start-up with the registry's message on stderr and exit status 2, instead of a process that is never ready.
 The warm-up pass then runs in the background while ``/health/live`` already answers.
+
+With ``ICH_DICOM_PORT`` set the same process also runs the DICOM listener and its outbox
+(:mod:`app.dicom_network`): studies C-STOREd by a PACS are analysed like uploads and their SEG, SR and summary
+are sent to ``ICH_DICOM_DESTINATIONS``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="run the HTTP prediction service", description=__doc__,
+    p = subparsers.add_parser("serve", help="run the HTTP prediction service (and the DICOM listener)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=None, help="bind address (default ICH_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default ICH_PORT or 8000)")

@@ -55,12 +55,15 @@ def build_seg(
     algorithm_version: str,
     software_version: str = "0.1.0",
     series_number: int = 9901,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
 ) -> pydicom.Dataset:
     """Build a BINARY SEG.
 
     ``source_headers`` are the pixel-free headers of the analysed instances in volume order
     (``IngestedSeries.source_headers``); ``source_slice_masks`` is uint8 (n_instances, rows, columns) with frame
-    k belonging to ``source_headers[k]`` (``PredictionResult.source_slice_masks``).
+    k belonging to ``source_headers[k]`` (``PredictionResult.source_slice_masks``). The series and SOP Instance
+    UIDs are new random UIDs unless given (:mod:`app.outputs.result_uids` derives stable ones).
     """
     masks = np.asarray(source_slice_masks)
     if masks.ndim != 3 or masks.shape[0] != len(source_headers):
@@ -84,9 +87,9 @@ def build_seg(
         pixel_array=binary,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_instance_uid or hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=algorithm_name,

@@ -40,6 +40,11 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "risk_true",  # synthetic: the growth model's expansion probability (evaluation ceiling)
     "risk_image",  # synthetic: the same averaged over the onset-time prior (image-only ceiling)
     "mimics",  # synthetic: haemorrhage mimics in the head, ";"-separated (informational)
+    "followup_image",  # the follow-up scan (DICOM folder or NIfTI), same geometry rules as `image`
+    "label_source",  # where `label` came from (model_training.commands.label_followup writes it)
+    "followup_label",  # label-followup: the label the two predicted volumes give
+    "predicted_baseline_volume_ml",  # label-followup: predicted volumes (mL) of the baseline and follow-up scans
+    "predicted_followup_volume_ml",
 )
 # The paper: training cohort February 2012 - August 2018, test cohort September 2018 - October 2019.
 PAPER_CUTOFF = dt.date(2018, 9, 1)
@@ -69,6 +74,7 @@ class CaseRecord:
     structure_labels: Path | None = None
     risk_true: float | None = None
     risk_image: float | None = None
+    followup_image: Path | None = None
 
     @property
     def has_haematoma(self) -> bool:
@@ -237,6 +243,8 @@ def read_manifest(path: str | Path, *, inclusive: bool = False, check_paths: boo
                 if rec.get("structure_labels") else None,
                 risk_true=_opt_float(rec.get("risk_true", ""), i, "risk_true"),
                 risk_image=_opt_float(rec.get("risk_image", ""), i, "risk_image"),
+                followup_image=_resolve(base, rec["followup_image"], i, "followup_image", check_paths)
+                if rec.get("followup_image") else None,
             )
         )
     if not cases:

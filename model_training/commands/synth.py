@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     manifest = write_cohort(
         args.n, args.out, args.seed, formats=formats, workers=args.workers, transfer_syntax=args.transfer_syntax,
-        ich_free_fraction=args.ich_free_fraction,
+        ich_free_fraction=args.ich_free_fraction, followup=args.followup,
     )
     elapsed = time.perf_counter() - started
     summary = json.loads((Path(args.out) / "cohort_summary.json").read_text())
@@ -28,6 +28,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"expansion: {exp['n']}/{exp['n_labelled']} haematomas ({prevalence})")
     print(f"baseline volume: median {vol['median']:.1f} mL (range {vol['min']:.1f}-{vol['max']:.1f})")
     print(f"markers: {markers}")
+    if args.followup:
+        print(f"follow-up scans (20-24 h, same heads moved): {exp['n_labelled']}")
     return 0
 
 
@@ -40,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--ich-free-fraction", type=float, default=0.25,
                    help="expected share of heads without parenchymal haemorrhage (default 0.25)")
+    p.add_argument("--followup", action="store_true",
+                   help="also write each haematoma's 20-24 h follow-up scan (same head, new position, the haematoma "
+                   "at followup_volume_ml): manifest columns followup_image and followup_mask")
     p.add_argument(
         "--transfer-syntax",
         default=None,

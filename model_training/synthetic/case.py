@@ -79,6 +79,10 @@ class SyntheticCase:
     mimics: tuple[str, ...] = ()  # haemorrhage mimics painted into the head (model_training.synthetic.mimics)
     risk_true: float | None = None  # the growth model's expansion probability for this case
     risk_image: float | None = None  # the same averaged over the onset-time prior (what the image can show)
+    scan: str = "baseline"  # "baseline" or "followup" (model_training.synthetic.followup)
+    hours_after_baseline: float = 0.0  # follow-up scans: acquisition time after the baseline scan (hours)
+    # (ich_free_fraction, ivh_only_fraction, overrides) this case was drawn with, so its follow-up repeats them
+    draw_args: tuple[float, float, dict[str, Any]] = field(default=(0.0, 0.15, {}), repr=False)
 
     @property
     def has_haematoma(self) -> bool:
@@ -103,6 +107,19 @@ class SyntheticCase:
     @property
     def voxel_volume_ml(self) -> float:
         return float(np.prod(self.spacing_zyx)) / 1000.0
+
+    @property
+    def mask_volume_ml(self) -> float:
+        """Volume of this scan's mask (mL): the baseline volume for a baseline scan, the follow-up haematoma's
+        for a follow-up scan."""
+        return round(float(self.mask.sum(dtype=np.int64)) * self.voxel_volume_ml, 4)
+
+    @property
+    def acquired_at(self) -> dt.datetime:
+        """Acquisition date and time of this scan (written to DICOM): the baseline's admission date and
+        acquisition time, plus ``hours_after_baseline`` for a follow-up scan."""
+        start = dt.datetime.combine(self.admission_date, self.acquisition_time)
+        return start + dt.timedelta(hours=self.hours_after_baseline)
 
 
 def case_seed_sequence(seed: int, index: int) -> np.random.SeedSequence:
@@ -136,6 +153,19 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int, int], sd_hu: float) 
     return out
 
 
+@dataclass(frozen=True)
+class FollowupPlan:
+    """How :func:`render_case` renders a follow-up scan of a case: the haematoma volume to reach (mL; None for a
+    head without parenchymal haemorrhage), the baseline's mask volume (mL), ``place(rng, head, fov_mm)``, which
+    draws the new head position and the scan's delay from the follow-up stream and returns
+    ``(head, hours_after_baseline)``, and the haematoma renderer (``render_haematoma``'s signature)."""
+
+    target_volume_ml: float | None
+    baseline_volume_ml: float
+    place: Any
+    render_haematoma: Any  # (rng, grid, head, phantom, target_ml, markers, location) -> HaematomaResult
+
+
 def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_only_fraction: float = 0.15,
                   **overrides: Any) -> SyntheticCase:
     """Render case ``index`` of the cohort drawn with ``seed``.
@@ -147,13 +177,22 @@ def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_
     ``location`` ("basal_ganglia", "thalamus", "lobar"), ``onset_to_ct_hours``, ``noise_sd_hu``, ``ich_free``
     and ``ivh_only`` (bool), ``mimics`` (bool: paint haemorrhage mimics, default True).
     """
+    return render_case(seed, index, ich_free_fraction, ivh_only_fraction, overrides, None)
+
+
+def render_case(seed: int, index: int, ich_free_fraction: float, ivh_only_fraction: float,
+                overrides: dict[str, Any], followup: FollowupPlan | None) -> SyntheticCase:
+    """:func:`generate_case`, or with ``followup`` the follow-up scan of the same case: the same draws (head,
+    mimics, haematoma shape, markers, clinical variables), the head moved by ``followup.place`` and the haematoma
+    rendered at ``followup.target_volume_ml``, with the scanner noise of a new acquisition."""
     unknown = set(overrides) - ALLOWED_OVERRIDES
     if unknown:
         raise TypeError(f"unknown override(s): {sorted(unknown)}")
     if not 0.0 <= ich_free_fraction <= 1.0 or not 0.0 <= ivh_only_fraction <= 1.0:
         raise ValueError("ich_free_fraction and ivh_only_fraction must be within 0-1")
-    streams = [np.random.default_rng(s) for s in case_seed_sequence(seed, index).spawn(7)]
-    r_clin, r_scan, r_anat, r_haem, r_noise, r_growth, r_mimic = streams
+    # spawn(8)[:7] equals spawn(7): the follow-up stream leaves the baseline's draws unchanged
+    streams = [np.random.default_rng(s) for s in case_seed_sequence(seed, index).spawn(8)]
+    r_clin, r_scan, r_anat, r_haem, r_noise, r_growth, r_mimic, r_follow = streams
     u_free, u_ivh = r_mimic.random(2)
     ich_free = bool(overrides.get("ich_free", u_free < ich_free_fraction))
     ivh_only = ich_free and bool(overrides.get("ivh_only", u_ivh < ivh_only_fraction))
@@ -194,10 +233,13 @@ def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_
     head = dataclasses.replace(head, centre=(float(offset_xy[0]), float(offset_xy[1]), centre_z))
     if mimic_set.present.get("atrophy"):
         head = atrophic(head, r_mimic)
+    hours_after = 0.0
+    if followup is not None:
+        head, hours_after = followup.place(r_follow, head, fov)
 
     ps = pixel_spacing_mm(fov)
     dz = SLICE_THICKNESS_MM
-    top = centre_z + head.semi_sup * float(np.cos(np.deg2rad(head.pitch_deg))) + top_margin
+    top = head.centre[2] + head.semi_sup * float(np.cos(np.deg2rad(head.pitch_deg))) + top_margin
     origin = (-(MATRIX - 1) * ps / 2.0, -(MATRIX - 1) * ps / 2.0, top - (n_slices - 1) * dz)
     grid = Grid((n_slices, MATRIX, MATRIX), (dz, ps, ps), origin)
 
@@ -210,18 +252,27 @@ def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_
         mask = np.zeros(grid.shape, dtype=np.uint8)
         markers = {k: 0 for k in markers} | {"ivh": int(ivh_only)}
         location, side, centre_lps = "none", "none", (float("nan"),) * 3
+    elif followup is not None:
+        haem = followup.render_haematoma(r_haem, grid, head, phantom, followup.target_volume_ml, markers,
+                                         overrides.get("location"))
+        mask, labels, location, side, centre_lps = haem.mask, haem.labels, haem.location, haem.side, haem.centre_lps
     else:
         haem = render_haematoma(r_haem, grid, head, phantom, target_ml, markers, overrides.get("location"))
         mask, labels, location, side, centre_lps = haem.mask, haem.labels, haem.location, haem.side, haem.centre_lps
-    sd = float(overrides.get("noise_sd_hu", r_noise.uniform(4.0, 5.0)))
+    r_scan_noise = r_noise if followup is None else r_follow  # a new acquisition has its own noise
+    sd = float(overrides.get("noise_sd_hu", r_scan_noise.uniform(4.0, 5.0)))
     hu = phantom.hu
-    hu += _noise(r_noise, grid.shape, sd)
+    hu += _noise(r_scan_noise, grid.shape, sd)
     np.rint(hu, out=hu)
     hu_i16 = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
 
     voxel_ml = dz * ps * ps / 1000.0
-    baseline_ml = round(float(mask.sum()) * voxel_ml, 4)
-    followup_ml = draw_followup_ml(r_growth, markers, baseline_ml, onset) if baseline_ml > 0 else None
+    if followup is None:
+        baseline_ml = round(float(mask.sum()) * voxel_ml, 4)
+        followup_ml = draw_followup_ml(r_growth, markers, baseline_ml, onset) if baseline_ml > 0 else None
+    else:  # the baseline's volumes; this scan's own mask volume is SyntheticCase.mask_volume_ml
+        baseline_ml = followup.baseline_volume_ml
+        followup_ml = followup.target_volume_ml
     risk_true = expansion_probability(markers, baseline_ml, onset) if baseline_ml > 0 else None
     risk_image = image_risk(markers, baseline_ml) if baseline_ml > 0 else None
     return SyntheticCase(
@@ -249,4 +300,7 @@ def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_
         mimics=tuple(mimic_set.names()),
         risk_true=None if risk_true is None else round(risk_true, 6),
         risk_image=None if risk_image is None else round(risk_image, 6),
+        scan="baseline" if followup is None else "followup",
+        hours_after_baseline=round(hours_after, 4),
+        draw_args=(ich_free_fraction, ivh_only_fraction, dict(overrides)),
     )

@@ -10,6 +10,11 @@ Layout (paths in the manifest are relative to its folder)::
     OUT/cases/SYN0001/mask.nii.gz
     OUT/cases/SYN0001/labels.nii.gz      (structure labels: intraventricular blood, marker regions)
 
+With ``followup=True`` every case with a haematoma also gets its 20-24 h follow-up scan
+(:mod:`model_training.synthetic.followup`) under ``OUT/cases/SYN0001/followup/`` (``dicom/``, ``image.nii.gz``,
+``mask.nii.gz``, as the baseline's formats), listed in the manifest columns ``followup_image`` (the DICOM folder,
+else the NIfTI image) and ``followup_mask``.
+
 Heads without parenchymal haemorrhage (``ich_free_fraction`` of the cohort) have an empty mask, baseline volume 0
 and no expansion label (empty ``label``, ``followup_volume_ml``, ``risk_true`` and ``risk_image``).
 """
@@ -45,6 +50,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "scanner",
 )
 SYNTHETIC_EXTRA_COLUMNS: tuple[str, ...] = ("image_nifti", "structure_labels", "risk_true", "risk_image", "mimics")
+FOLLOWUP_COLUMNS: tuple[str, ...] = ("followup_image",)  # written with followup=True
 DEFAULT_ICH_FREE_FRACTION = 0.25
 FORMATS = ("dicom", "nifti")
 
@@ -53,8 +59,21 @@ def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float]) -> dict[str, Any]:
-    seed, index, out_dir, formats, transfer_syntax, ich_free_fraction = args
+def _write_followup(case: Any, case_dir: Path, formats: tuple[str, ...], transfer_syntax: str | None
+                    ) -> tuple[Path, Path]:
+    """Write the follow-up scan of ``case``; return (image: DICOM folder or NIfTI image, mask)."""
+    from model_training.synthetic.followup import generate_followup
+
+    fu = generate_followup(case.seed, case.index, case)
+    fu_dir = case_dir / "followup"
+    if "dicom" in formats:
+        write_dicom_series(fu, fu_dir / "dicom", transfer_syntax=transfer_syntax)
+    image_path, mask_path = write_nifti(fu, fu_dir, image="nifti" in formats)
+    return (fu_dir / "dicom" if "dicom" in formats else image_path), mask_path  # type: ignore[return-value]
+
+
+def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float, bool]) -> dict[str, Any]:
+    seed, index, out_dir, formats, transfer_syntax, ich_free_fraction, followup = args
     out = Path(out_dir)
     case = generate_case(seed, index, ich_free_fraction=ich_free_fraction)
     case_dir = out / "cases" / case.case_id
@@ -72,6 +91,10 @@ def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float]) -
     row["structure_labels"] = rel(write_structure_labels(case, case_dir))
     row["followup_volume_ml"] = _fmt(case.followup_volume_ml, 3)
     row["followup_mask"] = ""
+    row["followup_image"] = ""
+    if followup and case.has_haematoma:
+        fu_image, fu_mask = _write_followup(case, case_dir, formats, transfer_syntax)
+        row["followup_image"], row["followup_mask"] = rel(fu_image), rel(fu_mask)
     row["baseline_volume_ml"] = f"{case.baseline_volume_ml:.3f}"
     row["admission_date"] = case.admission_date.isoformat()
     row["onset_to_ct_hours"] = f"{case.onset_to_ct_hours:.2f}"
@@ -129,13 +152,14 @@ def write_cohort(
     workers: int = 1,
     transfer_syntax: str | None = None,
     ich_free_fraction: float = DEFAULT_ICH_FREE_FRACTION,
+    followup: bool = False,
 ) -> Path:
     """Generate cases 0..n-1 of cohort ``seed`` into ``out_dir``; return the manifest path.
 
     ``ich_free_fraction``: expected share of heads without parenchymal haemorrhage.
     ``formats``: any of "dicom" (the manifest's ``image`` is the DICOM folder) and "nifti" (``image_nifti``; also
     ``image`` when DICOM is not written). The NIfTI mask is always written. ``workers`` > 1 uses processes;
-    the output does not depend on it.
+    the output does not depend on it. ``followup``: also write each haematoma's follow-up scan (module docstring).
     """
     formats = tuple(formats)
     if n < 1:
@@ -144,7 +168,7 @@ def write_cohort(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, str(out), formats, transfer_syntax, ich_free_fraction) for i in range(n)]
+    jobs = [(seed, i, str(out), formats, transfer_syntax, ich_free_fraction, followup) for i in range(n)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_write_one, jobs))
@@ -152,7 +176,8 @@ def write_cohort(
         rows = [_write_one(job) for job in jobs]
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*MANIFEST_COLUMNS, *SYNTHETIC_EXTRA_COLUMNS], extrasaction="ignore")
+        columns = [*MANIFEST_COLUMNS, *SYNTHETIC_EXTRA_COLUMNS, *(FOLLOWUP_COLUMNS if followup else ())]
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     summary = _summary(rows, seed, formats)

@@ -3,7 +3,9 @@
 Pixel data: int16 (PixelRepresentation 1), stored value = HU + 1024 (RescaleIntercept -1024, slope 1), one
 file per axial slice, identity ImageOrientationPatient, ImagePositionPatient = LPS centre of the first
 transmitted pixel. UIDs are derived deterministically from (seed, index) with ``pydicom.uid.generate_uid``, so a
-cohort written twice is byte-identical. Patient data are synthetic and non-identifying (no birth date).
+cohort written twice is byte-identical. Patient data are synthetic and non-identifying (no birth date). A
+follow-up scan (``case.scan == "followup"``) keeps the patient name and ID of its case, has its own UIDs and is
+dated at its acquisition time (``case.acquired_at``), later than the baseline.
 Optional lossless compression (``transfer_syntax``): RLE Lossless, JPEG 2000 Lossless, JPEG-LS Lossless
 (pydicom encoders backed by the installed pylibjpeg / pyjpegls / gdcm plugins), or Deflated Explicit VR Little Endian.
 """
@@ -38,12 +40,17 @@ _UID_NAMESPACE = "ich-expansion-synthetic-v1"
 
 def case_uids(case: SyntheticCase) -> dict[str, str]:
     """Deterministic Study/Series/FrameOfReference UIDs of a case."""
-    base = [_UID_NAMESPACE, str(case.seed), str(case.index)]
+    base = [_UID_NAMESPACE, str(case.seed), str(case.index), *_scan_entropy(case)]
     return {
         "study": generate_uid(entropy_srcs=[*base, "study"]),
         "series": generate_uid(entropy_srcs=[*base, "series"]),
         "frame_of_reference": generate_uid(entropy_srcs=[*base, "frame_of_reference"]),
     }
+
+
+def _scan_entropy(case: SyntheticCase) -> list[str]:
+    """Extra UID entropy of a follow-up scan (none for a baseline, whose UIDs stay as they always were)."""
+    return [] if case.scan == "baseline" else [case.scan]
 
 
 def _ds(value: float) -> DSfloat:
@@ -56,8 +63,8 @@ def _base_dataset(case: SyntheticCase, uids: dict[str, str]) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage
-    date = case.admission_date.strftime("%Y%m%d")
-    time = case.acquisition_time.strftime("%H%M%S")
+    date = case.acquired_at.strftime("%Y%m%d")
+    time = case.acquired_at.strftime("%H%M%S")
     for prefix in ("Study", "Series", "Acquisition", "Content"):
         setattr(ds, f"{prefix}Date", date)
         setattr(ds, f"{prefix}Time", time)
@@ -66,7 +73,8 @@ def _base_dataset(case: SyntheticCase, uids: dict[str, str]) -> Dataset:
     ds.Manufacturer = case.scanner.manufacturer
     ds.InstitutionName = "Synthetic cohort"
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CT HEAD WITHOUT CONTRAST (synthetic)"
+    ds.StudyDescription = "CT HEAD WITHOUT CONTRAST (synthetic)" if case.scan == "baseline" else \
+        "CT HEAD WITHOUT CONTRAST FOLLOW-UP (synthetic)"
     ds.SeriesDescription = "Head 5.0 mm axial (synthetic phantom)"
     ds.ManufacturerModelName = case.scanner.model_name
     ds.PatientName = f"SYNTHETIC^CASE{number}"
@@ -126,7 +134,8 @@ def write_dicom_series(case: SyntheticCase, out_dir: str | Path, transfer_syntax
     paths: list[Path] = []
     for k in range(n):
         instance = n - k
-        sop_uid = generate_uid(entropy_srcs=[_UID_NAMESPACE, str(case.seed), str(case.index), "sop", str(k)])
+        sop_uid = generate_uid(entropy_srcs=[_UID_NAMESPACE, str(case.seed), str(case.index), *_scan_entropy(case),
+                                             "sop", str(k)])
         ds = Dataset()
         ds.update(base)
         ds.SOPInstanceUID = sop_uid
