@@ -3,7 +3,6 @@ generated JSON configuration and its storage in a temporary folder; :class:`Orth
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.system_components import free_port, require_executable
+from tests.system_components import free_port, require_executable, wait_until_up
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -117,13 +116,9 @@ def start_orthanc(root: Path, aet: str, modalities: dict[str, tuple[str, int]] |
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(exe), str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=root)
     server = Orthanc(aet, http_port, dicom_port, proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/system", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"Orthanc not up within {timeout} s:\n{log_path.read_text(errors='replace')[-3000:]}")
+    try:
+        wait_until_up(proc, f"{server.url}/system", timeout, log_path, "Orthanc")
+    except RuntimeError:
+        server.stop()
+        raise
+    return server

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from system_components import wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,6 @@ def start_server(tmp: Path, env: dict[str, str] | None = None, ready_timeout: fl
         weights_dir = tmp / "weights"
         if not (weights_dir / "registry.json").exists():
             make_weights_dir(weights_dir)
-    import httpx
 
     port = free_port()
     log_path = tmp / f"server-{port}.log"
@@ -217,13 +216,9 @@ def start_server(tmp: Path, env: dict[str, str] | None = None, ready_timeout: fl
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.log_text()[-4000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.base_url}/health/ready", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server not ready within {ready_timeout} s:\n{server.log_text()[-4000:]}")
+    try:
+        wait_until_up(proc, f"{server.base_url}/health/ready", ready_timeout, log_path, "server", poll_s=0.2)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server

@@ -5,11 +5,15 @@ set-up (scripts/system_packages.sh) must have installed it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 
@@ -36,3 +40,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_up(process: subprocess.Popen, url: str, timeout: float, log_path: Path, what: str,
+                  poll_s: float = 0.1) -> None:
+    """Wait until ``GET url`` answers 200 (``what``: the component's name in errors). Raises ``RuntimeError`` with
+    the end of ``log_path`` when the process exits first or ``timeout`` (s) passes; the caller stops it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log_path.read_text(errors='replace')[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(poll_s)
+    raise RuntimeError(f"{what} not up within {timeout} s:\n{log_path.read_text(errors='replace')[-4000:]}")
