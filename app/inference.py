@@ -311,6 +311,7 @@ class Predictor:
         expansion model and calibration, as every answer reports them (also each test-time augmentation pass)."""
         from app import volumetry
         from app.model.clot_features import clot_features
+        from app.model.clot_texture import measure_texture
         from app.model.mask_refinement import refine_mask
         from app.model.ncct_markers import measure_markers
 
@@ -331,7 +332,12 @@ class Predictor:
             if post.markers.enabled:
                 measured = measure_markers(hu, mask_arr, series.spacing_zyx, prob_ref, post.markers.geometry)
                 features.update(measured)
-                markers = post.markers.decide(measured)
+                features.update(measure_texture(hu, mask_arr, series.spacing_zyx, prob_ref))
+                if post.marker_reader is None:
+                    markers = post.markers.decide(measured)
+                else:
+                    features.update(post.marker_reader.probabilities(features))
+                    markers = post.marker_reader.decide(features)
         else:
             mask_arr = np.zeros_like(mask_arr)
         raw_probability = post.expansion_model.probability(network_probability, features) if detected \

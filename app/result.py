@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.inference import EXPANSION_DEFINITION, PredictionResult
 from app.model.bat_score import bat_score
+from app.model.marker_reader import PROBABILITY_FEATURES
 from app.model.ncct_markers import DEFAULT_THRESHOLDS, MEASUREMENT_OF, MEASUREMENT_UNITS, NCCT_MARKERS
 from app.model.postprocessing import result_warnings
 from app.outputs import FILE_NAMES, CompactResult
@@ -191,14 +192,17 @@ def _markers(predictor: Predictor, result: PredictionResult) -> dict[str, Marker
     if not result.markers:
         return None
     rules = predictor.postprocessing.markers
+    reader = predictor.postprocessing.marker_reader
     findings = {}
     for name in NCCT_MARKERS:
-        measurement = MEASUREMENT_OF[name]
+        if reader is None:
+            measurement, unit = MEASUREMENT_OF[name], MEASUREMENT_UNITS[MEASUREMENT_OF[name]]
+            threshold = float(rules.thresholds.get(name, DEFAULT_THRESHOLDS[name]))
+        else:
+            measurement, unit, threshold = PROBABILITY_FEATURES[name], "1", reader.models[name].threshold
         findings[name] = MarkerFinding(
             present=bool(result.markers[name]), measurement=measurement,
-            value=round(float(result.clot_features.get(measurement, 0.0)), 4),
-            unit=MEASUREMENT_UNITS[measurement],
-            threshold=float(rules.thresholds.get(name, DEFAULT_THRESHOLDS[name])))
+            value=round(float(result.clot_features.get(measurement, 0.0)), 4), unit=unit, threshold=threshold)
     return findings
 
 

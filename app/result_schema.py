@@ -81,8 +81,9 @@ class Haematoma(BaseModel):
 
 class MarkerFinding(BaseModel):
     present: bool
-    measurement: str = Field(description="Name of the measurement that decides the marker "
-                             "(app/model/ncct_markers.py)")
+    measurement: str = Field(description="Name of the measurement that decides the marker: one measurement "
+                             "(app/model/ncct_markers.py) or, with a learned marker reader, the marker's "
+                             "probability from all of them (app/model/marker_reader.py)")
     value: float
     unit: str
     threshold: float = Field(description="present when value >= threshold")

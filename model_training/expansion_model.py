@@ -8,7 +8,9 @@ haematomas (candidates: the 1st-99th percentiles of the measurement). Then, on t
 an expansion label, a logistic regression (L2, ``C``; standardised inputs) of the label on the logit of the
 network's expansion probability, the log volume and the marker measurements (:data:`MARKER_INPUTS`; the clot
 measurements :data:`CLOT_INPUTS` for weights without markers) is fitted. Both are written into the weights'
-``manifest.json`` (``postprocessing.markers.thresholds``, ``postprocessing.expansion_model``). Use the training
+``manifest.json`` (``postprocessing.markers.thresholds``, ``postprocessing.expansion_model``). With
+``--marker-reader`` the markers are read by the learned reader and the expansion model sits on its probabilities
+instead (:mod:`model_training.marker_reader_fit`; ``postprocessing.marker_reader``). Use the training
 cohort (or part of it) here, a separate validation cohort for ``calibrate`` afterwards, and a third for
 ``evaluate``.
 """
@@ -87,8 +89,11 @@ def fit_expansion_model(rows: list[dict[str, Any]], cohort: str, c: float = 1.0,
 
 def fit_weights_expansion_model(weights_dir: str | Path, version: str | None, manifest: str | Path,
                                 out_dir: str | Path, *, device: str = "cpu", c: float = 1.0,
+                                marker_reader: bool = False, reader_c: float = 0.3,
                                 progress: bool = False) -> ExpansionModel:
-    """Predict ``manifest`` with the weights, fit the model and write it into the weights' manifest."""
+    """Predict ``manifest`` with the weights, fit the model and write it into the weights' manifest. With
+    ``marker_reader`` (weights that measure the markers): the learned marker reader (L2 ``reader_c``) and the
+    expansion model on its probabilities (L2 ``c``) of :mod:`model_training.marker_reader_fit` instead."""
     from app.weights.registry import load_weights
     from model_training.calibration import _atomic_write
     from model_training.evaluation.serving_path import evaluate_weights, resolve_weights
@@ -99,8 +104,17 @@ def fit_weights_expansion_model(weights_dir: str | Path, version: str | None, ma
     loaded = load_weights(registry, version)
     markers = loaded.postprocessing.markers
     rows = report["cases"]
+    reader = None
+    if marker_reader and not markers.enabled:
+        raise ValueError("a marker reader needs weights that measure the NCCT markers (postprocessing.markers)")
     if markers.enabled:
         markers = fit_marker_thresholds(rows, cohort, markers)
+    if marker_reader:
+        from model_training.marker_reader_fit import fit_marker_expansion_model, fit_marker_reader
+
+        reader, crossfit = fit_marker_reader(rows, cohort, c=reader_c)
+        model = fit_marker_expansion_model(rows, crossfit, cohort, c=c)
+    elif markers.enabled:
         model = fit_expansion_model(rows, cohort, c, MARKER_INPUTS)
     else:
         model = fit_expansion_model(rows, cohort, c)
@@ -109,9 +123,14 @@ def fit_weights_expansion_model(weights_dir: str | Path, version: str | None, ma
     data.setdefault("postprocessing", {})["expansion_model"] = model.model_dump(mode="json")
     if markers.enabled:
         data["postprocessing"]["markers"] = markers.model_dump(mode="json")
+    if reader is not None:
+        data["postprocessing"]["marker_reader"] = reader.model_dump(mode="json")
+    else:
+        data["postprocessing"].pop("marker_reader", None)
     _atomic_write(path, json.dumps(data, indent=2) + "\n")
     load_weights(registry, version)
     (Path(out_dir) / "expansion_model.json").write_text(json.dumps(
-        {"expansion_model": model.model_dump(mode="json"), "markers": markers.model_dump(mode="json")},
+        {"expansion_model": model.model_dump(mode="json"), "markers": markers.model_dump(mode="json"),
+         "marker_reader": None if reader is None else reader.model_dump(mode="json")},
         indent=2) + "\n")
     return model

@@ -102,3 +102,43 @@ def test_layered_blood_that_touches_the_clot_leaves_the_mask() -> None:
     refined = refine_mask(hu, merged, SPACING, ON)
     assert (refined & layered_blood).sum() < 0.2 * layered_blood.sum()
     assert (refined & clot).sum() > 0.9 * clot.sum()
+
+
+FLUID_LEVEL = BoundaryRefinement(enabled=True, complete_fluid_level=True)
+
+
+def _fluid_level_clot(serum_hu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 15 mm sphere split by a horizontal (coronal) line: anterior part at ``serum_hu``, posterior part 72 HU."""
+    _, y, _ = _grid()
+    clot = _sphere(15.0)
+    serum = clot & (y < -2.0)  # anterior (smaller y) is non-dependent when supine
+    hu = np.where(clot, 72.0, 32.0).astype(np.float32)
+    hu[serum] = serum_hu
+    hu = ndimage.gaussian_filter(hu, (0.0, 1.2, 1.2)) + np.random.default_rng(12).normal(
+        0.0, 3.0, hu.shape).astype(np.float32)
+    return clot, serum, hu
+
+
+def test_the_serum_part_of_a_fluid_level_is_kept_in_the_haematoma() -> None:
+    clot, serum, hu = _fluid_level_clot(18.0)
+    network = clot & ~serum  # the network and the density rule see only the dense part
+    plain = refine_mask(hu, network, SPACING, ON)
+    completed = refine_mask(hu, network, SPACING, FLUID_LEVEL)
+    assert (plain & serum).sum() < 0.1 * serum.sum()
+    assert (completed & serum).sum() > 0.8 * serum.sum()
+    assert abs(completed.sum() / clot.sum() - 1.0) < 0.12
+    assert _dice(completed, clot) > 0.9
+
+
+def test_a_blood_csf_level_and_a_round_clot_beside_hypodense_brain_are_not_extended() -> None:
+    clot, serum, hu = _fluid_level_clot(5.0)  # CSF in front of blood: a ventricle, not serum
+    completed = refine_mask(hu, clot & ~serum, SPACING, FLUID_LEVEL)
+    assert (completed & serum).sum() < 0.1 * serum.sum()
+    rng = np.random.default_rng(13)
+    z, y, x = _grid()
+    round_clot = _sphere(12.0)
+    hypodense_brain = (y < -8.0) & (np.abs(x) < 25.0) & (np.abs(z) < 12.0) & ~round_clot  # old infarct in front
+    hu = _image(round_clot, rng)
+    hu[hypodense_brain] = 18.0
+    completed = refine_mask(hu, round_clot, SPACING, FLUID_LEVEL)
+    assert (completed & hypodense_brain).sum() < 0.05 * round_clot.sum()

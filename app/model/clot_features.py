@@ -29,7 +29,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 
-from app.model.ncct_markers import MEASUREMENT_UNITS
+from app.model.clot_texture import TEXTURE_UNITS
+from app.model.ncct_markers import MEASUREMENT_UNITS, NCCT_MARKERS
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_volume_ml", "median_hu", "sd_hu", "hypodense_fraction", "black_hole_fraction", "low_tail_hu",
@@ -92,7 +93,8 @@ class ExpansionModel(BaseModel):
     def _consistent(self) -> ExpansionModel:
         if self.method == "network+clot":
             n = len(self.feature_names)
-            known = {"network_logit", *FEATURE_NAMES, *MEASUREMENT_UNITS}
+            known = {"network_logit", *FEATURE_NAMES, *MEASUREMENT_UNITS, *TEXTURE_UNITS,
+                     *(f"{m}_probability" for m in NCCT_MARKERS)}
             unknown = set(self.feature_names) - known
             if unknown or n == 0 or not (len(self.means) == len(self.scales) == len(self.coefficients) == n):
                 raise ValueError("expansion model: feature_names, means, scales and coefficients must align and "

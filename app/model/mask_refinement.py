@@ -26,7 +26,17 @@ that manual planimetry follows. :func:`refine_mask` applies that rule in a band 
    mask's columns (runs along y) whose anterior end lies against CSF (at least ``layer_csf_fraction`` of the
    ``layer_probe_mm`` in front of it, after a ``layer_gap_mm`` partial-volume gap) and whose anterior ends line up
    on a horizontal line (SD of their y position <= ``layer_max_sd_mm`` over at least ``layer_min_width_mm`` of
-   adjacent columns) are intraventricular blood and leave the mask.
+   adjacent columns) are intraventricular blood and leave the mask. CSF here is ``(-5, layer_csf_max_hu)`` HU.
+7. (Applied before step 6.) A haematoma with a fluid level keeps its non-dependent serum part, less dense than the brain,
+   which the network and the partial-volume rule leave out. On each axial slice, a connected region of serum
+   density (``serum_hu``, after a 1 mm in-plane Gaussian and a 1 mm opening) that touches the mask joins it when
+   it lies in front of the mask (anterior, smaller y), holds ``serum_min_share`` to ``serum_max_ratio`` of the
+   mask's area, is no wider than ``serum_max_width_ratio`` times the mask, is closed (does not reach the edge of
+   the ``SERUM_REACH_MM`` search box), meets the mask along a horizontal line (over at least ``level_min_share``
+   of the mask's width, slope at most ``level_max_slope``, SD about the line at most ``level_max_sd_mm``) and
+   the two together are convex (2D solidity at least ``union_min_solidity``): the outline of a clot split by a
+   fluid level. CSF (below ``serum_hu[0]``) is not serum, so the blood-CSF level in a ventricle is never
+   extended; a round clot beside hypodense brain fails the width, line or convexity test.
 
 All distances are in mm on the analysis grid (z, y, x); work is done in the mask's bounding box.
 """
@@ -38,13 +48,15 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 IN_PLANE = np.ones((1, 3, 3), dtype=bool)
 SURROUNDING_HU = (15.0, 60.0)
 DEFAULT_SURROUNDING_HU = 30.0
 CORE_HYPODENSE_HU = 15.0
 CSF_HU = (-5.0, 16.0)
-LAYER_CSF_HU = (-5.0, 20.0)
+CSF_MIN_HU = -5.0
+SERUM_REACH_MM = 45.0
 
 
 class BoundaryRefinement(BaseModel):
@@ -71,6 +83,16 @@ class BoundaryRefinement(BaseModel):
     layer_csf_fraction: float = Field(0.6, gt=0.0, le=1.0)
     layer_min_width_mm: float = Field(3.0, gt=0.0)
     layer_max_sd_mm: float = Field(0.6, gt=0.0)
+    layer_csf_max_hu: float = Field(20.0, gt=0.0, le=40.0, description="CSF upper bound of step 6, HU")
+    complete_fluid_level: bool = Field(False, description="keep the serum part of a fluid level (step 7)")
+    serum_hu: tuple[float, float] = (12.0, 27.0)
+    serum_min_share: float = Field(0.1, gt=0.0)
+    serum_max_width_ratio: float = Field(1.15, gt=0.0)
+    level_min_share: float = Field(0.25, gt=0.0, le=1.0)
+    level_max_slope: float = Field(0.5, ge=0.0)
+    level_max_sd_mm: float = Field(2.5, gt=0.0)
+    serum_max_ratio: float = Field(3.0, gt=0.0)
+    union_min_solidity: float = Field(0.85, gt=0.0, le=1.0)
     fitted_on: str | None = Field(None, description="free text: the data these values were chosen on")
 
 
@@ -126,36 +148,110 @@ def _column_runs(column: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.r_[ys[0], ys[breaks + 1]].tolist(), np.r_[ys[breaks], ys[-1]].tolist(), strict=True))
 
 
+def _front_groups(mask2d: np.ndarray, against: np.ndarray, probe: int, gap: int,
+                  fraction: float) -> list[list[tuple[int, int, int]]]:
+    """Runs (x, first y, last y) of one slice's mask columns whose anterior end lies against ``against``
+    (at least ``fraction`` of ``probe`` voxels after a ``gap``), grouped into adjacent columns with close fronts."""
+    runs: list[tuple[int, int, int]] = []
+    for x in np.flatnonzero(mask2d.any(axis=0)):
+        for y0, y1 in _column_runs(mask2d[:, x]):
+            a, b = max(0, y0 - gap - probe), max(0, y0 - gap)
+            if b > a and against[a:b, x].mean() >= fraction:
+                runs.append((int(x), y0, y1))
+    groups: list[list[tuple[int, int, int]]] = []
+    for run in runs:
+        last = groups[-1][-1] if groups else None
+        if last is not None and run[0] - last[0] <= 1 and abs(run[1] - last[1]) <= 2:
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    return groups
+
+
 def _layered_blood(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
                    settings: BoundaryRefinement) -> np.ndarray:
     """The mask's voxels of intraventricular blood with a fluid level against CSF (module docstring, step 6)."""
     dy, dx = spacing_yx
     smoothed = ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
-    csf = (smoothed > LAYER_CSF_HU[0]) & (smoothed < LAYER_CSF_HU[1])
+    csf = (smoothed > CSF_MIN_HU) & (smoothed < settings.layer_csf_max_hu)
     probe = max(1, int(round(settings.layer_probe_mm / dy)))
     gap = int(round(settings.layer_gap_mm / dy))
     min_columns = max(2, int(round(settings.layer_min_width_mm / dx)))
     out = np.zeros_like(mask)
     for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        against_csf: list[tuple[int, int, int]] = []  # (x, first y, last y) of runs whose front touches CSF
-        for x in np.flatnonzero(mask[z].any(axis=0)):
-            for y0, y1 in _column_runs(mask[z, :, x]):
-                a, b = max(0, y0 - gap - probe), max(0, y0 - gap)
-                if b > a and csf[z, a:b, x].mean() >= settings.layer_csf_fraction:
-                    against_csf.append((int(x), y0, y1))
-        groups: list[list[tuple[int, int, int]]] = []
-        for run in against_csf:
-            last = groups[-1][-1] if groups else None
-            if last is not None and run[0] - last[0] <= 1 and abs(run[1] - last[1]) <= 2:
-                groups[-1].append(run)
-            else:
-                groups.append([run])
-        for group in groups:
+        for group in _front_groups(mask[z], csf[z], probe, gap, settings.layer_csf_fraction):
             fronts = np.array([r[1] for r in group], dtype=np.float64) * dy
             if len(group) >= min_columns and fronts.std() <= settings.layer_max_sd_mm:
                 for x, y0, y1 in group:
                     out[z, y0:y1 + 1, x] = True
     return out & mask
+
+
+def _solidity_2d(section: np.ndarray) -> float:
+    pts = np.argwhere(section).astype(np.float64)
+    if len(pts) < 10:
+        return 0.0
+    corners = np.concatenate([pts + d for d in ((0, 0), (1, 0), (0, 1), (1, 1))])
+    try:
+        return float(section.sum()) / max(float(ConvexHull(corners).volume), 1e-6)
+    except QhullError:
+        return 0.0
+
+
+def _level_contact(section: np.ndarray, comp: np.ndarray, reach: int, dy: float,
+                   settings: BoundaryRefinement) -> bool:
+    """Whether ``section`` meets ``comp`` along a horizontal line (a fluid level) across most of its width."""
+    contact = section & ndimage.binary_dilation(comp, iterations=reach)
+    xs = np.flatnonzero(contact.any(axis=0))
+    if xs.size < 5:
+        return False
+    width = np.flatnonzero(section.any(axis=0))
+    if xs.size < settings.level_min_share * (width[-1] - width[0] + 1):
+        return False
+    fronts = np.array([np.flatnonzero(contact[:, x])[0] for x in xs], dtype=np.float64)
+    slope, intercept = np.polyfit(xs.astype(np.float64), fronts, 1)
+    residual = fronts - (slope * xs + intercept)
+    return bool(abs(slope) <= settings.level_max_slope and residual.std() * dy <= settings.level_max_sd_mm)
+
+
+def _serum_part(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
+                settings: BoundaryRefinement) -> np.ndarray:
+    """The serum part in front of a fluid level of the clot (module docstring, step 7), bool like ``mask``."""
+    dy, dx = spacing_yx
+    smoothed = ndimage.gaussian_filter(hu, (0.0, 1.0 / dy, 1.0 / dx))
+    serum = (smoothed >= settings.serum_hu[0]) & (smoothed < settings.serum_hu[1])
+    opening = max(1, int(round(1.0 / min(dy, dx))))
+    touch = max(1, int(round(settings.layer_gap_mm / min(dy, dx)))) + 1
+    out = np.zeros_like(mask)
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        section = mask[z]
+        area = float(section.sum())
+        if area < 50:
+            continue
+        candidates = ndimage.binary_opening(serum[z] & ~section, iterations=opening)
+        near = ndimage.binary_dilation(section, iterations=touch)
+        labels, n = ndimage.label(candidates)
+        if n == 0:
+            continue
+        centre_y = float(np.argwhere(section)[:, 0].mean())
+        for index in np.unique(labels[near & candidates]):
+            comp = labels == index
+            size = float(comp.sum())
+            if not (settings.serum_min_share * area <= size <= settings.serum_max_ratio * area):
+                continue
+            rows, cols = np.nonzero(comp)
+            if float(rows.mean()) >= centre_y:  # not in front (anterior, smaller y)
+                continue
+            if rows.min() == 0 or cols.min() == 0 or cols.max() == comp.shape[1] - 1:  # open to the box edge
+                continue
+            if np.ptp(cols) > settings.serum_max_width_ratio * max(float(np.ptp(np.nonzero(section)[1])), 1.0):
+                continue
+            if not _level_contact(section, comp, touch + 1, dy, settings):
+                continue
+            union = ndimage.binary_fill_holes(ndimage.binary_closing(section | comp, iterations=touch))
+            if _solidity_2d(union) >= settings.union_min_solidity:
+                out[z] |= union & ~section
+    return out
 
 
 def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float],
@@ -169,7 +265,10 @@ def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[
     _, dy, dx = (float(s) for s in spacing_zyx)
     steps = max(1, int(round(settings.band_mm / min(dy, dx))))
     sigma_px = (0.0, settings.sigma_mm / dy, settings.sigma_mm / dx)
-    box = _box(mask, (1, 3 * steps + int(3 * sigma_px[1]) + 2, 3 * steps + int(3 * sigma_px[2]) + 2))
+    margin_y = 3 * steps + int(3 * sigma_px[1]) + 2
+    if settings.complete_fluid_level:  # room for the serum part in front of the network's mask
+        margin_y = max(margin_y, int(round(SERUM_REACH_MM / dy)))
+    box = _box(mask, (1, margin_y, 3 * steps + int(3 * sigma_px[2]) + 2))
     m = mask[box]
     hu = np.asarray(hu_zyx[box], dtype=np.float32)
 
@@ -197,6 +296,9 @@ def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[
     refined = np.stack([ndimage.binary_fill_holes(s) for s in refined])
     if settings.drop_ventricular:
         refined = _drop_ventricular(refined, hu, max(1, int(round(settings.probe_mm / dy))), settings)
+    if settings.complete_fluid_level and refined.any():  # before step 6: serum in front is not CSF
+        refined |= _serum_part(refined, hu, (dy, dx), settings)
+        refined = np.stack([ndimage.binary_fill_holes(s) for s in refined])
     if settings.drop_layered:
         refined &= ~_layered_blood(refined, hu, (dy, dx), settings)
     out = np.zeros_like(mask)

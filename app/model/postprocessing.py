@@ -13,7 +13,8 @@ defaults documented on each model. Each rule is a small pure transform with one 
 * :class:`~app.model.mask_refinement.BoundaryRefinement` (off by default) moves the thresholded boundary to the
   50 % partial-volume position on the analysis grid before anything is measured;
 * :class:`~app.model.ncct_markers.MarkerRules` (off by default) decides the seven NCCT markers from their
-  measurements;
+  measurements, one threshold each; with a :class:`~app.model.marker_reader.MarkerReader` (``marker_reader``,
+  none by default) each marker is decided by its probability from all the clot measurements instead;
 * :class:`InfratentorialRule` is a geometric heuristic (no atlas): the haematoma-mask centroid relative to the
   brain-mask centroid of the preprocessed case, in LPS mm (+z superior, +y posterior), is infratentorial when
   ``dz <= max_dz_mm`` (inferior) and ``dy >= min_dy_mm`` (posterior). The paper's population excluded
@@ -107,6 +108,7 @@ class InfratentorialRule(BaseModel):
 
 
 from app.model.clot_features import ExpansionModel  # noqa: E402  (after the rules it sits beside)
+from app.model.marker_reader import MarkerReader  # noqa: E402
 from app.model.mask_refinement import BoundaryRefinement  # noqa: E402
 from app.model.ncct_markers import MarkerRules  # noqa: E402
 
@@ -122,6 +124,7 @@ class Postprocessing(BaseModel):
     expansion_model: ExpansionModel = Field(default_factory=ExpansionModel)
     refinement: BoundaryRefinement = Field(default_factory=BoundaryRefinement)
     markers: MarkerRules = Field(default_factory=MarkerRules)
+    marker_reader: MarkerReader | None = None
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any] | None) -> Postprocessing:

@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "measure the NCCT markers also get their marker thresholds fitted here")
     p.add_argument("--l2-c", type=float, default=1.0,
                    help="inverse L2 strength of the expansion model's logistic regression (--fit-expansion-model)")
+    p.add_argument("--marker-reader", action="store_true",
+                   help="with --fit-expansion-model: fit the learned marker reader (each marker's probability from "
+                   "all clot measurements) and the expansion model on its probabilities (volume and marker "
+                   "coefficients >= 0)")
+    p.add_argument("--reader-l2-c", type=float, default=0.3,
+                   help="inverse L2 strength of the marker reader's logistic regressions (--marker-reader)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -39,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         from model_training.expansion_model import fit_weights_expansion_model
 
         model = fit_weights_expansion_model(args.weights, args.version, args.manifest, args.out,
-                                            device=args.device, c=args.l2_c, progress=not args.no_progress)
+                                            device=args.device, c=args.l2_c, marker_reader=args.marker_reader,
+                                            reader_c=args.reader_l2_c, progress=not args.no_progress)
         print(json.dumps({"expansion_model": model.model_dump(mode="json")}))
         return 0
     try:

@@ -160,7 +160,8 @@ function showMarkers(markers) {
       const rest = document.createElement("td");
       if (typeof marker === "object" && "measurement" in marker && "value" in marker) {
         // the service's own form: the measurement that decides the marker, its value, unit and threshold
-        rest.textContent = `${label(marker.measurement)} ${formatValue(marker.value)} ${marker.unit || ""}`.trim() +
+        const unit = marker.unit && marker.unit !== "1" ? marker.unit : "";  // "1": a ratio or a probability
+        rest.textContent = `${label(marker.measurement)} ${formatValue(marker.value)} ${unit}`.trim() +
           ("threshold" in marker ? ` (threshold ${formatValue(marker.threshold)})` : "");
       } else if (typeof marker === "object") {
         const others = Object.assign({}, marker);
