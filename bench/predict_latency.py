@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             stages.append(dict(result.timings_ms))
         names = sorted({k for s in stages for k in s})
         print(json.dumps({
-            "series": path.name, "weights": f"{predictor.weights.name}-{predictor.weights.version}",
+            "series": "/".join(path.parts[-2:]), "weights": f"{predictor.weights.name}-{predictor.weights.version}",
             "repeats": args.repeats, "median_s": round(statistics.median(walls), 3),
             "min_s": round(min(walls), 3), "max_s": round(max(walls), 3),
             "stages_ms": {k: round(statistics.median(s.get(k, 0.0) for s in stages), 1) for k in names},
