@@ -37,9 +37,9 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
-from app.model.ncct_markers import _otsu, _straight_split
+from app.model.mask_refinement import _local_mean, _solidity_2d
+from app.model.ncct_markers import _fill, _otsu, _straight_split
 
 TEXTURE_UNITS: dict[str, str] = {
     "dark_peak_hu": "HU", "dark_peak_ml": "mL", "dark_peak_depth_mm": "mm", "dark_peak_offset": "1",
@@ -66,13 +66,7 @@ class TextureGeometry(BaseModel):
 
 
 def _clot_average(hu: np.ndarray, clot: np.ndarray, sigma_mm: float, spacing_yx: tuple[float, float]) -> np.ndarray:
-    sigma = (0.0, sigma_mm / spacing_yx[0], sigma_mm / spacing_yx[1])
-    weight = ndimage.gaussian_filter(clot.astype(np.float32), sigma)
-    return ndimage.gaussian_filter(np.where(clot, hu, 0.0).astype(np.float32), sigma) / np.maximum(weight, 1e-3)
-
-
-def _fill(mask: np.ndarray) -> np.ndarray:
-    return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    return _local_mean(hu, clot, (0.0, sigma_mm / spacing_yx[0], sigma_mm / spacing_yx[1]), 0.0)
 
 
 def _ellipsoid_mismatch(clot: np.ndarray, spacing_zyx: Sequence[float]) -> float:
@@ -96,15 +90,9 @@ def _section_shape(section: np.ndarray, spacing_yx: tuple[float, float]) -> tupl
     pts = np.argwhere(edge).astype(np.float64) * np.asarray(spacing_yx)
     if len(pts) < 8:
         return 1.0, 0.0
-    try:
-        hull = ConvexHull(np.concatenate([pts + d for d in ((0, 0), (spacing_yx[0], 0), (0, spacing_yx[1]),
-                                                            spacing_yx)]))
-    except QhullError:
-        return 1.0, 0.0
-    area = float(section.sum()) * spacing_yx[0] * spacing_yx[1]
     centre = np.argwhere(section).astype(np.float64).mean(0) * np.asarray(spacing_yx)
     radius = np.linalg.norm(pts - centre, axis=1)
-    return float(min(1.0, area / max(hull.volume, 1e-6))), float(radius.std() / max(radius.mean(), 1e-6))
+    return float(min(1.0, _solidity_2d(section))), float(radius.std() / max(radius.mean(), 1e-6))
 
 
 def measure_texture(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float],
