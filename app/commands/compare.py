@@ -31,18 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.commands.weights_loading import WEIGHTS_EXIT_CODE, load_predictor
     from app.comparison import ExpansionRule, compare, subject_of
     from app.errors import ComparisonError, IngestionError
-    from app.inference import Predictor
     from app.ingestion import load_series
 
-    try:
-        predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
-                                            tta_passes=args.tta_passes)
-    except Exception as exc:  # WeightsError, missing folder, bad device
-        print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
-                          "message": str(exc)}), file=sys.stderr)
-        return 3
+    predictor = load_predictor(args.weights_dir, args.weights_version, args.device, tta_passes=args.tta_passes)
+    if predictor is None:
+        return WEIGHTS_EXIT_CODE
     subjects = []
     try:
         for path in (args.baseline, args.followup):

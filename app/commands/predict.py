@@ -76,16 +76,12 @@ def predict_case(predictor: Any, inputs: list[Path], out: Path, *, series_instan
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.commands.weights_loading import WEIGHTS_EXIT_CODE, load_predictor
     from app.errors import IngestionError
-    from app.inference import Predictor
 
-    try:
-        predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
-                                            compile=args.compile, tta_passes=args.tta_passes)
-    except Exception as exc:  # WeightsError, missing folder, bad device
-        print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
-                          "message": str(exc)}), file=sys.stderr)
-        return 3
+    predictor = load_predictor(args.weights_dir, args.weights_version, args.device, compile=args.compile, tta_passes=args.tta_passes)
+    if predictor is None:
+        return WEIGHTS_EXIT_CODE
     try:
         summary = predict_case(predictor, args.inputs, args.out, series_instance_uid=args.series_instance_uid,
                                onset_to_ct_hours=args.onset_to_ct_hours)

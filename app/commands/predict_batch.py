@@ -165,20 +165,16 @@ def _bounded(pool: ThreadPoolExecutor, fn: Any, items: list[Case], limit: int) -
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from app.inference import Predictor
+    from app.commands.weights_loading import WEIGHTS_EXIT_CODE, load_predictor
 
     try:
         cases = read_manifest(args.manifest)
     except (OSError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        predictor = Predictor.from_registry(args.weights_dir, args.weights_version, args.device,
-                                            compile=args.compile)
-    except Exception as exc:  # WeightsError, missing folder, bad device
-        print(json.dumps({"error": "weights", "code": getattr(exc, "code", type(exc).__name__),
-                          "message": str(exc)}), file=sys.stderr)
-        return 3
+    predictor = load_predictor(args.weights_dir, args.weights_version, args.device, compile=args.compile)
+    if predictor is None:
+        return WEIGHTS_EXIT_CODE
     if args.threads:
         from app.model.device import configure_cpu_threads
 
