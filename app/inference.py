@@ -114,6 +114,8 @@ class PredictionResult:
     # app.model.clot_features and app.model.ncct_markers measurements (empty: none)
     clot_features: dict[str, float] = field(default_factory=dict)
     markers: dict[str, bool] = field(default_factory=dict)  # NCCT marker -> present (empty: not assessed)
+    # app.model.marker_regions: present marker -> its region (bool, z-y-x, analysis grid), for the overview
+    marker_regions: dict[str, np.ndarray] = field(default_factory=dict)
     # app.model.uncertainty: TTA intervals (None without TTA or without a detection), image statistics, abstention
     tta_passes: int = 0
     volume_interval_ml: tuple[float, float] | None = None
@@ -270,6 +272,12 @@ class Predictor:
             infratentorial = touches_edge = False
         segmented_ml, mean_probability = m.segmented_ml, m.mean_probability
         markers, raw_probability, probability = m.markers, m.raw_probability, m.probability
+        regions: dict[str, np.ndarray] = {}
+        if detected and any(markers.values()):
+            from app.model.marker_regions import marker_regions
+
+            regions = marker_regions(sitk.GetArrayViewFromImage(series.image), mask_arr, series.spacing_zyx,
+                                     markers, prob_ref, post.markers.geometry)
         mask = sitk.GetImageFromArray(mask_arr)
         mask.CopyInformation(series.image)
         if not series.resampled and mask_arr.shape[0] == len(series.slices):
@@ -297,6 +305,7 @@ class Predictor:
             network_probability=network_probability,
             clot_features=features,
             markers=markers,
+            marker_regions=regions,
             timings_ms=timings,
         )
         from app.model.uncertainty import add_uncertainty

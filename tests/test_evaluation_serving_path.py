@@ -195,6 +195,10 @@ def test_calibration_fit_recovers_a_known_logistic_model() -> None:
     fit = logistic_calibration(y, p)
     assert fit["converged"] and fit["slope"] == pytest.approx(2.0, abs=0.1)
     assert fit["intercept"] == pytest.approx(0.5, abs=0.1)
+    lo, hi = fit["slope_ci95"]
+    assert lo < 2.0 < hi and hi - lo < 0.3  # the Wald interval holds the truth and narrows with 20000 cases
+    small = logistic_calibration(y[:300], p[:300])
+    assert small["slope_ci95"][1] - small["slope_ci95"][0] > 3 * (hi - lo)
     separated = logistic_calibration(np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.1, 0.2, 0.8, 0.9]))
     assert separated["slope"] is None and not separated["converged"]
     bins = reliability_bins(np.array([0.0, 1.0, 1.0]), np.array([0.05, 0.95, 1.0]))

@@ -243,3 +243,30 @@ def test_cli_cohort_manifest_and_independence_of_n(tmp_path, capsys):
     a = sorted((single.parent / rows1[0]["image"]).iterdir())
     b = sorted((out / rows[0]["image"]).iterdir())
     assert _digests(a) == _digests(b)
+
+
+def test_swirl_is_a_brain_density_region_within_the_clot():
+    c = generate_case(SEED, 7, markers={"swirl": 1, "hypodensity": 0}, haematoma_volume_ml=35.0, n_slices=26)
+    region = c.structure_labels == STRUCTURE_LABELS["swirl"]
+    k = _largest_slice(region)
+    hu, labels = c.hu[k].astype(np.float32), c.structure_labels[k]
+    core = _core(region[k])
+    ring = ndimage.binary_dilation(region[k], iterations=5) & ~ndimage.binary_dilation(region[k], iterations=2)
+    ring_clot = ring & (labels == STRUCTURE_LABELS["haematoma"])
+    assert core.sum() >= 10 and 28 <= hu[core].mean() <= 45  # iso-attenuating to brain
+    assert hu[ring_clot].mean() - hu[core].mean() > 12
+    # surrounded by clot on most sides, yet (without a hypodensity) reaching the margin: not encapsulated
+    shell = ndimage.binary_dilation(region, structure=np.ones((1, 3, 3)), iterations=2) & ~region
+    in_clot = float(c.mask[shell].mean())
+    assert 0.6 <= in_clot < 1.0
+
+
+def test_a_large_haematoma_stays_in_its_hemisphere():
+    from model_training.synthetic.geometry import Grid, head_frame
+
+    c = generate_case(SEED, 8, markers={"irregular_shape": 1}, haematoma_volume_ml=80.0, n_slices=26)
+    grid = Grid(shape=c.mask.shape, spacing_zyx=c.spacing_zyx, origin_xyz=c.origin_xyz)
+    whole = tuple(slice(0, n) for n in c.mask.shape)
+    u = head_frame(grid, whole, np.asarray(c.head.centre), c.head.rotation)[0]
+    side = np.sign(u[c.mask > 0])
+    assert c.baseline_volume_ml > 50 and abs(float(side.mean())) == 1.0  # no voxel across the midline

@@ -107,3 +107,22 @@ def test_abstain_reasons(series) -> None:
     assert "interval_too_wide" in result.abstain_reasons
     assert ("mask_at_fov_edge" in result.abstain_reasons) is result.touches_fov_edge
     assert 30.0 <= result.image_statistics["soft_tissue_median_hu"] <= 40.0  # the phantom's brain is 35 HU
+
+
+def test_fit_sets_the_width_limit_so_that_only_the_widest_intervals_abstain(tmp_path) -> None:
+    from model_training.commands.fit_uncertainty import _fit, _intervals
+
+    rng = np.random.default_rng(5)
+    scans = []
+    for _ in range(200):
+        p, scale = float(rng.uniform(0.1, 0.6)), float(rng.uniform(0.1, 0.6))
+        risk = 1.0 / (1.0 + np.exp(-(np.log(p / (1 - p)) + rng.normal(0, 0.5))))
+        scans.append({"detected": True, "volume_true_ml": 10.0, "volume_ml": float(10 + rng.normal(0, 1)),
+                      "volume_scale": 1.0, "probability": p, "probability_scale": scale, "risk_image": float(risk)})
+    block = _fit({"passes": 4, "scans": scans, "timings": []}, 0.9, tmp_path / "val" / "manifest.csv", 0.1)
+    settings = uncertainty.UncertaintySettings.model_validate(block)
+    assert block["probability"]["q"] is not None and "10%" in settings.limits_fitted_on
+    widths = np.array([_intervals(s, settings)[1][1] - _intervals(s, settings)[1][0] for s in scans])
+    assert 0.07 <= float((widths > settings.max_probability_width).mean()) <= 0.1
+    covered = [lo <= s["risk_image"] <= hi for s in scans for lo, hi in [_intervals(s, settings)[1]]]
+    assert 0.89 <= float(np.mean(covered)) <= 0.95

@@ -106,6 +106,7 @@ class UncertaintySettings(BaseModel):
     max_probability_width: float = Field(0.4, gt=0, description="abstain above this probability interval width")
     max_volume_width_rel: float = Field(0.6, gt=0, description="abstain above this volume width / volume ...")
     max_volume_width_ml: float = Field(6.0, gt=0, description="... and above this width, mL")
+    limits_fitted_on: str | None = Field(None, description="how the width limits were fitted, where they were")
     image_statistics: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="name -> [low, high] range seen on the training cohort (HU, fraction)")
 

@@ -9,7 +9,8 @@ renderers need, small and pixel-free where it concerns the source:
 * the per-source-instance masks as packed bits only when they differ from the analysis-grid mask (tilted or
   resampled acquisitions);
 * the pixel-free source headers (for the SEG's references and patient/study modules);
-* the HU of the PNG's key slices only (int16, HU), with their indices;
+* the HU of the PNG's key slices only (int16, HU), with their indices, and the regions of the NCCT markers
+  reported present on those slices (packed bits), which the PNG outlines;
 * optionally (the service keeps it, ``python -m app predict`` does not) the whole HU volume as compressed slices
   (:class:`~app.outputs.slices.SliceStack`), from which :meth:`CompactResult.render_slice` draws any axial slice
   with the mask outline for a viewer (:meth:`CompactResult.slice_index` describes them);
@@ -116,6 +117,8 @@ class CompactResult:
     volume_ml: float | None = None  # haematoma volume (mL) and calibrated probability, for the overview banner
     probability: float | None = None
     document: Mapping[str, Any] | None = None  # the result document as JSON, for the SR and the summary
+    # NCCT marker name -> its region on the key slices (packed bits of (k, y, x)), outlined in the overview
+    marker_bits: tuple[tuple[str, np.ndarray], ...] = ()
 
     def with_document(self, document: Any) -> CompactResult:
         """A copy that also renders :data:`DOCUMENT_FILES` (SR, summary) from ``document``: a
@@ -138,17 +141,20 @@ class CompactResult:
                                algorithm_version=algorithm_version, n_overlay_slices=n_overlay_slices,
                                detected=bool(getattr(result, "detected", True)), keep_slices=keep_slices,
                                volume_ml=getattr(result, "volume_ml", None),
-                               probability=getattr(result, "probability", None))
+                               probability=getattr(result, "probability", None),
+                               marker_regions=getattr(result, "marker_regions", None))
 
     @classmethod
     def from_arrays(cls, series: Any, mask: sitk.Image, source_slice_masks: np.ndarray, *, algorithm_name: str,
                     algorithm_version: str, n_overlay_slices: int = 3, detected: bool = True,
                     keep_slices: bool = False, volume_ml: float | None = None,
-                    probability: float | None = None) -> CompactResult:
+                    probability: float | None = None,
+                    marker_regions: Mapping[str, np.ndarray] | None = None) -> CompactResult:
         """``mask``: uint8 {0,1} image on ``series.image``'s grid; ``source_slice_masks``: uint8
         (n_instances, rows, columns), one frame per entry of ``series.source_headers``; ``detected``: False
         when the detection rule rejected the mask (the PNG then says so); ``keep_slices``: keep the HU volume
-        (:class:`SliceStack`); ``volume_ml`` (mL) and ``probability`` (0-1): written on the overview."""
+        (:class:`SliceStack`); ``volume_ml`` (mL) and ``probability`` (0-1): written on the overview;
+        ``marker_regions``: NCCT marker -> region (z, y, x) on the mask's grid, kept on the key slices only."""
         arr = sitk.GetArrayViewFromImage(mask)
         per_slice = np.asarray(source_slice_masks)
         if per_slice.ndim != 3 or per_slice.shape[0] != len(series.source_headers):
@@ -175,6 +181,8 @@ class CompactResult:
             slices=SliceStack.from_hu(hu) if keep_slices else None,
             volume_ml=None if volume_ml is None else float(volume_ml),
             probability=None if probability is None else float(probability),
+            marker_bits=tuple((name, _pack(np.asarray(region)[picks])) for name, region in
+                              (marker_regions or {}).items()),
         )
 
     # --- views ----------------------------------------------------------------------------------------------
@@ -182,6 +190,7 @@ class CompactResult:
     def nbytes(self) -> int:
         """Approximate memory held (bytes), for the result store's budget."""
         total = self.mask_bits.nbytes + self.overlay_hu.nbytes + 1024
+        total += sum(bits.nbytes for _, bits in self.marker_bits)
         if self.slice_mask_bits is not None:
             total += self.slice_mask_bits.nbytes
         if self.slices is not None:
@@ -266,9 +275,10 @@ class CompactResult:
             picks = list(self.overlay_indices)
             positions = slice_positions_mm(self.shape_zyx, self.origin, self.spacing, self.direction)
             annotations = PanelAnnotations(orientation_labels(self.direction), [positions[z] for z in picks])
+            markers = {name: _unpack(bits, self.overlay_hu.shape) for name, bits in self.marker_bits}
             return render_panels(self.overlay_hu, np.stack([self.mask_slice(z) for z in picks]), picks,
                                  self.shape_zyx[0], self.spacing_zyx, label=self.headline(),
-                                 annotations=annotations)
+                                 annotations=annotations, markers=markers)
         raise KeyError(name)
 
     def headline(self) -> str | None:

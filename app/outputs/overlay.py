@@ -1,5 +1,8 @@
 """PNG overview of the key slices with the haematoma outlined in red (numpy + a minimal zlib PNG writer).
 
+The regions of the NCCT markers the answer reports present (:mod:`app.model.marker_regions`) are outlined too,
+each in its colour (:data:`MARKER_STYLE`), with a legend strip under the panels.
+
 Slices are axial planes of the analysis grid (array index z of a z-y-x array), displayed with row 0 at the top,
 i.e. anterior up and patient right on the image left for an LPS-aligned axial grid (the radiological
 convention). The window is a brain window (default 0-80 HU). Panels are placed left to right in ascending z
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +37,15 @@ from app.outputs.label import label_banner, text_mask
 OUTLINE_RGB = (255, 0, 0)
 ANNOTATION_RGB = (255, 255, 255)
 PANEL_GAP_PX = 4
+#: outline colour and legend word of each NCCT marker region (:mod:`app.model.marker_regions`)
+MARKER_STYLE: dict[str, tuple[tuple[int, int, int], str]] = {
+    "hypodensity": ((255, 220, 0), "HYPODENSE"),
+    "black_hole": ((60, 140, 255), "BLACK HOLE"),
+    "swirl": ((0, 255, 255), "SWIRL"),
+    "blend": ((255, 0, 255), "BLEND"),
+    "fluid_level": ((0, 255, 0), "FLUID LEVEL"),
+    "irregular_shape": ((255, 140, 0), "IRREGULAR"),
+}
 
 
 def key_slices(mask: np.ndarray, n: int = 3, hu: np.ndarray | None = None) -> list[int]:
@@ -123,20 +136,43 @@ def encode_png_rgb(rgb: np.ndarray, *, text: dict[str, str] | None = None, level
     return b"".join(parts)
 
 
-def _panel(hu: np.ndarray, mask: np.ndarray, window_hu: tuple[float, float], row_scale: float) -> np.ndarray:
-    """One slice as RGB uint8: windowed grey, mask boundary (4-connected inner edge) in red."""
+def _edge(region: np.ndarray) -> np.ndarray:
+    m = region.astype(bool)
+    return m & ~ndimage.binary_erosion(m, border_value=0)
+
+
+def _panel(hu: np.ndarray, mask: np.ndarray, window_hu: tuple[float, float], row_scale: float,
+           markers: Sequence[tuple[np.ndarray, tuple[int, int, int]]] = ()) -> np.ndarray:
+    """One slice as RGB uint8: windowed grey, mask boundary (4-connected inner edge) in red, then each marker
+    region's boundary in its colour."""
     lo, hi = window_hu
     grey = np.clip((hu.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    m = mask.astype(bool)
-    if m.any():
-        edge = m & ~ndimage.binary_erosion(m, border_value=0)
-        rgb[edge] = OUTLINE_RGB
+    if mask.any():
+        rgb[_edge(mask)] = OUTLINE_RGB
+    for region, colour in markers:
+        if region.any():
+            rgb[_edge(region)] = colour
     if abs(row_scale - 1.0) > 1e-3:  # physical aspect: rows of spacing_y mm shown as row_scale pixel rows
         n_rows = max(1, round(rgb.shape[0] * row_scale))
         src = np.minimum((np.arange(n_rows) + 0.5) / row_scale, rgb.shape[0] - 1).astype(np.intp)
         rgb = rgb[src]
     return rgb
+
+
+def _legend(names: Sequence[str], width: int) -> np.ndarray:
+    """A black strip naming each outlined marker in its outline colour, left to right."""
+    scale = max(1, width // 480)
+    pad = 2 * scale
+    words = [(text_mask(MARKER_STYLE[n][1], scale), MARKER_STYLE[n][0]) for n in names]
+    strip = np.zeros((words[0][0].shape[0] + 2 * pad, width, 3), np.uint8)
+    left = pad
+    for ink, colour in [(text_mask("MARKERS", scale), ANNOTATION_RGB), *words]:
+        if left + ink.shape[1] > width:
+            break
+        _stamp(strip, ink, pad, left, colour)
+        left += ink.shape[1] + 4 * scale
+    return strip
 
 
 def render_overlay_png(
@@ -176,15 +212,24 @@ def render_panels(
     window_hu: tuple[float, float] = (0.0, 80.0),
     label: str | None = None,
     annotations: PanelAnnotations | None = None,
+    markers: Mapping[str, np.ndarray] | None = None,
 ) -> bytes:
     """PNG of already extracted key slices: ``hu_slices`` (k, y, x, HU) and ``mask_slices`` (k, y, x) taken at
     z = ``indices`` of a volume ``depth`` slices deep (used by the result store, which keeps only these).
     ``label``: visible text in a banner above the panels, also in the ``tEXt`` chunk ``Comment``;
-    ``annotations`` (one position per panel): orientation letters on every panel and a caption under each."""
+    ``annotations`` (one position per panel): orientation letters on every panel and a caption under each;
+    ``markers``: NCCT marker name (:data:`MARKER_STYLE`) -> its region on the same key slices (k, y, x), outlined
+    in the marker's colour and named in a legend under the panels (only markers whose region meets a panel)."""
     if hu_slices.shape != mask_slices.shape or hu_slices.ndim != 3 or len(indices) != hu_slices.shape[0]:
         raise ValueError(f"hu {hu_slices.shape}, mask {mask_slices.shape} and {len(indices)} indices disagree")
+    regions = {n: np.asarray(markers[n], dtype=bool) for n in MARKER_STYLE if markers and n in markers}
+    for name, region in regions.items():
+        if region.shape != hu_slices.shape:
+            raise ValueError(f"marker region {name} {region.shape} is not {hu_slices.shape}")
+    shown = [n for n, r in regions.items() if r.any()]
     row_scale = float(spacing_zyx[1]) / float(spacing_zyx[2])
-    panels = [_panel(h, m, window_hu, row_scale) for h, m in zip(hu_slices, mask_slices, strict=True)]
+    panels = [_panel(h, m, window_hu, row_scale, [(regions[n][k], MARKER_STYLE[n][0]) for n in shown])
+              for k, (h, m) in enumerate(zip(hu_slices, mask_slices, strict=True))]
     if annotations is not None:
         if len(annotations.positions_mm) != len(panels):
             raise ValueError(f"{len(annotations.positions_mm)} positions for {len(panels)} panels")
@@ -202,7 +247,12 @@ def render_panels(
         o = annotations.orientation
         description += (f"; z (mm, LPS) {', '.join(f'{mm:.1f}' for mm in annotations.positions_mm)}; image left "
                         f"{o['left']}, right {o['right']}, top {o['top']}, bottom {o['bottom']}")
+    if shown:
+        description += "; NCCT markers outlined: " + ", ".join(
+            f"{n} in rgb{MARKER_STYLE[n][0]}" for n in shown)
     image = np.concatenate(row, axis=1)
+    if shown:
+        image = np.concatenate([image, _legend(shown, image.shape[1])], axis=0)
     text = {"Description": description, "Software": "ich-expansion"}
     if label:
         image = np.concatenate([label_banner(label, image.shape[1]), image], axis=0)

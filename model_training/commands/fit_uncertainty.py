@@ -6,9 +6,12 @@ Per scan (the baseline ``image`` and, with ``--followup``, the ``followup_image`
 (mL; ``mask`` / ``followup_mask``) and, for baselines, the image-only expansion probability ``risk_image``. Only
 detected true haematomas are scored (a detection on a head without haemorrhage is counted apart).
 
-* ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level``, and
-  the range of every image statistic over the cohort widened by 10 % of its span, written into the weights
-  manifest's ``"uncertainty"`` block with ``--write`` (printed otherwise).
+* ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level``, the
+  probability-interval width that only ``--abstain-rate`` of the scored scans exceed (the abstention limit
+  ``max_probability_width``: the interval mostly measures the model's error against the image-only risk, so a
+  fixed limit would abstain on nearly every answer), and the range of every image statistic over the cohort
+  widened by 10 % of its span, written into the weights manifest's ``"uncertainty"`` block with ``--write``
+  (printed otherwise).
 * without ``--fit``: the coverage and mean width of the intervals under the weights' current settings on this
   cohort (use a held-out seed; recomputed from the cached estimates and scales, so a report after a new fit needs
   no new predictions), and the cost of one TTA pass (request time with and without TTA on ``--timing-scans``
@@ -167,7 +170,22 @@ def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
     }
 
 
-def _fit(data: dict[str, Any], level: float, manifest: Path) -> dict[str, Any]:
+def _probability_width_limit(data: dict[str, Any], block: dict[str, Any], abstain_rate: float) -> float | None:
+    """The probability-interval width above which only ``abstain_rate`` of the cohort's scored scans lie, under
+    the quantiles of ``block`` (rounded up to 0.01): the widest intervals abstain, not nearly all of them."""
+    import numpy as np
+
+    from app.model.uncertainty import UncertaintySettings
+
+    settings = UncertaintySettings.model_validate({k: v for k, v in block.items() if k in ("level", "probability")})
+    widths = [prob[1] - prob[0] for s in data["scans"] if _scored(s)
+              for _, prob in [_intervals(s, settings)] if prob is not None]
+    if len(widths) < 10:
+        return None
+    return float(math.ceil(float(np.quantile(widths, 1.0 - abstain_rate)) * 100.0) / 100.0)
+
+
+def _fit(data: dict[str, Any], level: float, manifest: Path, abstain_rate: float = 0.1) -> dict[str, Any]:
     vol, prob = _scores(data["scans"])
     stats: dict[str, list[float]] = {}
     for s in data["scans"]:
@@ -176,12 +194,18 @@ def _fit(data: dict[str, Any], level: float, manifest: Path) -> dict[str, Any]:
     ranges = {k: [round(min(v) - 0.1 * (max(v) - min(v)), 4), round(max(v) + 0.1 * (max(v) - min(v)), 4)]
               for k, v in stats.items()}
     where = f"{manifest.parent.name}: {len(data['scans'])} scans ({len(vol)} scored), {data['passes']} TTA passes"
-    return {
+    block: dict[str, Any] = {
         "level": level,
         "volume": {"q": _conformal_q(vol, level), "fitted_on": where, "n": len(vol)},
         "probability": {"q": _conformal_q(prob, level), "fitted_on": where, "n": len(prob)},
         "image_statistics": ranges,
     }
+    if block["probability"]["q"] is not None:
+        block["max_probability_width"] = _probability_width_limit(data, block, abstain_rate)
+        if block["max_probability_width"] is not None:
+            block["limits_fitted_on"] = (f"{where}: the probability-interval width exceeded by {abstain_rate:.0%} "
+                                         f"of the scored scans")
+    return block
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -208,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.fit:
         print(json.dumps(_report(data, UncertaintySettings.from_manifest(manifest))))
         return 0
-    block = _fit(data, args.level, args.manifest)
+    block = _fit(data, args.level, args.manifest, args.abstain_rate)
     current = manifest.get("uncertainty", {})
     block = {**current, **{k: v for k, v in block.items() if v is not None}}
     UncertaintySettings.model_validate(block)
@@ -228,6 +252,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=None, help="weights version (default: the registry's default)")
     p.add_argument("--passes", type=int, default=8, help="TTA passes")
     p.add_argument("--level", type=float, default=0.9, help="nominal coverage of the fitted intervals")
+    p.add_argument("--abstain-rate", type=float, default=0.1,
+                   help="with --fit: share of the cohort's scored scans whose probability interval is too wide "
+                   "(sets max_probability_width)")
     p.add_argument("--n", type=int, default=None, help="N scans only")
     p.add_argument("--offset", type=int, default=0, help="skip the first OFFSET cases of the manifest")
     p.add_argument("--merge", nargs="+", type=Path, default=None,

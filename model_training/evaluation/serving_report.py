@@ -146,7 +146,8 @@ def ivh_section(rows: Sequence[Row]) -> dict[str, Any]:
 
 def logistic_calibration(y: np.ndarray, p: np.ndarray, max_iter: int = 100) -> dict[str, Any]:
     """Unpenalised logistic regression of ``y`` on logit(``p``) (Newton-Raphson): ``slope`` (1 = ideal spread)
-    and ``intercept`` (0 = no offset at p = 0.5). Not estimable (None) with one class or separated data."""
+    with its Wald 95 % interval ``slope_ci95`` and ``intercept`` (0 = no offset at p = 0.5). Not estimable (None)
+    with one class or separated data."""
     if y.size < 3 or np.unique(y).size < 2:
         return {"slope": None, "intercept": None, "converged": False, "note": "needs both classes"}
     q = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
@@ -163,7 +164,10 @@ def logistic_calibration(y: np.ndarray, p: np.ndarray, max_iter: int = 100) -> d
         if not np.all(np.isfinite(beta)) or np.abs(beta).max() > 1e3:
             break
         if np.abs(step).max() < 1e-10:
-            return {"slope": float(beta[1]), "intercept": float(beta[0]), "converged": True, "note": None}
+            mu = np.exp(-np.logaddexp(0.0, -(x @ beta)))
+            se = float(np.sqrt(np.linalg.inv(x.T @ (x * (mu * (1.0 - mu))[:, None]))[1, 1]))
+            return {"slope": float(beta[1]), "intercept": float(beta[0]), "converged": True, "note": None,
+                    "slope_ci95": [float(beta[1] - 1.959964 * se), float(beta[1] + 1.959964 * se)]}
     return {"slope": None, "intercept": None, "converged": False,
             "note": "not estimable (the labels are separated by the probability, or the fit diverged)"}
 
@@ -259,7 +263,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {_ci(e[key])} |")
     c = e["calibration"]
     lines += ["", f"Brier score {_f(e['brier'])} (prevalence-only reference {_f(e['brier_reference'])}, skill "
-              f"{_f(e['brier_skill'])}); calibration slope {_f(c['slope'])}, intercept {_f(c['intercept'])}"
+              f"{_f(e['brier_skill'])}); calibration slope {_f(c['slope'])}"
+              + (f" (95 % CI {_f(c['slope_ci95'][0])}-{_f(c['slope_ci95'][1])})" if c.get("slope_ci95") else "")
+              + f", intercept {_f(c['intercept'])}"
               + (f" ({c['note']})" if c.get("note") else "") + ". Reliability diagram: `reliability.png`; "
               "Bland-Altman plots: `bland_altman.png`."]
     lines += render_marker_markdown(report.get("ncct_markers"), _f)

@@ -2,14 +2,16 @@
 
 Shape: a randomly oriented ellipsoid (axis ratios 1 : 0.6-1 : 0.6-1) whose surface is perturbed by smooth
 low-order angular harmonics; irregular haematomas get 2-4 lobules (smaller ellipsoids centred just inside the
-margin), i.e. >= 2 focal margin irregularities. The blob is clipped to brain parenchyma and scaled (two
-fixed-point iterations) so that the voxel mask hits the requested volume. Base density 55-85 HU.
+margin), i.e. >= 2 focal margin irregularities. The blob is clipped to the brain parenchyma of its own
+hemisphere (the falx bounds it) and scaled (two fixed-point iterations) so that the voxel mask hits the requested
+volume. Base density 55-85 HU.
 
 Markers (Supplemental Table 2), drawn into the density field:
 
 * hypodensity: one focus strictly encapsulated (>= 2.5 mm from the margin), 12-24 HU darker;
 * black hole: the same focus 33-45 HU darker than the surrounding clot (criterion: > 28 HU);
-* swirl: a rounded region of brain-like density (30-40 HU); without a hypodensity it reaches the margin;
+* swirl: a rounded region of brain-like density (30-40 HU) surrounded by clot on most sides; without a
+  hypodensity it opens onto the margin through a narrow mouth (not encapsulated);
 * blend: a straight, well-defined margin splits the clot into a hyperdense part (68-85 HU) and a part
   22-34 HU darker (criterion: > 18 HU);
 * fluid level: a straight horizontal (coronal-plane) line; anterior (non-dependent, "above" in a supine patient)
@@ -127,7 +129,9 @@ def render_haematoma(
 
     sub = grid.box_around(centre - extent - 3, centre + extent + 3)
     x1, y1, z1 = head_frame(grid, sub, centre, rot_h)  # haematoma frame coordinates (mm)
-    par = phantom.parenchyma[sub]
+    # the falx and the interhemispheric fissure bound a parenchymal haematoma: it stays in its own hemisphere
+    u_head = head_frame(grid, sub, centre_head, rot_head)[0]
+    par = phantom.parenchyma[sub] * inside_fraction(np.float32(1.0) - np.float32(sign) * u_head, PSF_WIDTH_MM)
     thick = grid.spacing_zyx[0]
     voxel_ml = float(np.prod(grid.spacing_zyx)) / 1000.0
     rn = np.sqrt(x1 * x1 + y1 * y1 + z1 * z1) + np.float32(1e-6)
@@ -210,9 +214,14 @@ def render_haematoma(
     if markers["swirl"]:
         n = _unit(rng)
         r_dir = 1.0 / np.sqrt(((n / (unit_semi * scale)) ** 2).sum())
-        where = 0.9 if not markers["hypodensity"] else float(rng.uniform(0.2, 0.9))
-        c = n * r_dir * where
         r = max(float(rng.uniform(0.3, 0.45)) * scale, 3.0)
+        # the region lies within the clot and, without a hypodensity, opens onto the margin through a narrow mouth:
+        # a brain-density region mostly outside the clot would read as a dent of the margin, not as a swirl
+        touching = r_dir - float(rng.uniform(0.8, 0.95)) * r
+        depth_c = touching
+        if markers["hypodensity"]:
+            depth_c = float(rng.uniform(0.2 * r_dir, max(touching, 0.2 * r_dir)))
+        c = n * max(depth_c, 0.0)
         dl, nzl = ellipsoid_distance(x1 - c[0], y1 - c[1], z1 - c[2], r, r * 0.8, r * 0.9)
         paint(inside_fraction(dl, ramp_width(nzl, thick)), float(rng.uniform(30, 40)), "swirl")
     if markers["hypodensity"]:
