@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from app.model.ncct_markers import (
     IN_PLANE,
+    ClotFrame,
     MarkerGeometry,
     _closed,
     _darkness,
@@ -66,26 +67,14 @@ def marker_regions(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequen
     mask = np.asarray(mask_zyx) > 0
     if not wanted or int(mask.sum()) < 20:
         return {}
-    _, dy, dx = (float(s) for s in spacing_zyx)
-    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    pixel = min(dy, dx)
-    margin = _px(5.0, pixel) + 3
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - (1, margin, margin), 0)
-    hi = np.minimum(idx.max(0) + (2, margin + 1, margin + 1), mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    raw = np.asarray(hu_zyx[box], dtype=np.float32)
-    hu = ndimage.gaussian_filter(raw, (0.0, g.smoothing_mm / dy, g.smoothing_mm / dx))
-    clot = _fill(mask[box])
-    inner = ndimage.binary_erosion(clot, IN_PLANE, iterations=_px(g.surface_mm, pixel)) if g.surface_mm > 0 \
-        else clot
-    if int(inner.sum()) < 20:
-        inner = clot
+    frame = ClotFrame.of(hu_zyx, mask, spacing_zyx, g)
+    box, hu, clot, inner, voxel_ml, pixel = frame.box, frame.hu, frame.clot, frame.inner, frame.voxel_ml, frame.pixel
+    dy, dx = frame.spacing_yx
 
     found: dict[str, np.ndarray] = {}
     if wanted & {"hypodensity", "black_hole"}:
         darkness = np.zeros(clot.shape, dtype=np.float32)
-        darkness[inner] = _darkness(raw, clot, inner, (dy, dx), g)
+        darkness[inner] = _darkness(frame.raw, clot, inner, (dy, dx), g)
         if "hypodensity" in wanted:
             found["hypodensity"] = _union(_regions(darkness > g.dark_hu, voxel_ml, g.min_focus_ml), clot.shape)
         if "black_hole" in wanted:

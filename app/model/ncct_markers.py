@@ -49,6 +49,7 @@ the weights; the defaults follow the supplement's numbers where it gives one (18
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -170,6 +171,43 @@ def _closed(mask: np.ndarray, steps: int) -> np.ndarray:
     return ndimage.binary_closing(padded, IN_PLANE, iterations=steps)[:, steps:-steps, steps:-steps] | mask
 
 
+@dataclass(frozen=True)
+class ClotFrame:
+    """The clot in its bounding box (5 mm margin in-plane, one slice in z), as the marker measurements and the
+    marker regions (:mod:`app.model.marker_regions`) see it: ``raw`` and in-plane-smoothed ``hu`` (HU), the clot
+    with its holes filled slice by slice, and the ``inner`` clot (``surface_mm`` in from its surface)."""
+
+    box: tuple[slice, ...]
+    raw: np.ndarray
+    hu: np.ndarray
+    clot: np.ndarray
+    inner: np.ndarray
+    spacing_yx: tuple[float, float]
+    voxel_ml: float
+
+    @property
+    def pixel(self) -> float:
+        return min(self.spacing_yx)
+
+    @classmethod
+    def of(cls, hu_zyx: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float], g: MarkerGeometry) -> ClotFrame:
+        """``mask``: bool (z, y, x) with at least one voxel; ``spacing_zyx`` in mm."""
+        _, dy, dx = (float(s) for s in spacing_zyx)
+        margin = _px(5.0, min(dy, dx)) + 3
+        idx = np.argwhere(mask)
+        lo = np.maximum(idx.min(0) - (1, margin, margin), 0)
+        hi = np.minimum(idx.max(0) + (2, margin + 1, margin + 1), mask.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        raw = np.asarray(hu_zyx[box], dtype=np.float32)
+        hu = ndimage.gaussian_filter(raw, (0.0, g.smoothing_mm / dy, g.smoothing_mm / dx))
+        clot = _fill(mask[box])
+        inner = ndimage.binary_erosion(clot, IN_PLANE, iterations=_px(g.surface_mm, min(dy, dx))) \
+            if g.surface_mm > 0 else clot
+        if int(inner.sum()) < 20:
+            inner = clot
+        return cls(box, raw, hu, clot, inner, (dy, dx), float(np.prod(spacing_zyx)) / 1000.0)
+
+
 def measure_markers(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float],
                     probability_zyx: np.ndarray | None = None,
                     geometry: MarkerGeometry | None = None) -> dict[str, float]:
@@ -180,23 +218,11 @@ def measure_markers(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Seque
     mask = np.asarray(mask_zyx) > 0
     if int(mask.sum()) < 20:
         return {name: 0.0 for name in MEASUREMENT_UNITS}
-    _, dy, dx = (float(s) for s in spacing_zyx)
-    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    pixel = min(dy, dx)
-    margin = _px(5.0, pixel) + 3
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - (1, margin, margin), 0)
-    hi = np.minimum(idx.max(0) + (2, margin + 1, margin + 1), mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    hu = ndimage.gaussian_filter(np.asarray(hu_zyx[box], dtype=np.float32),
-                                 (0.0, g.smoothing_mm / dy, g.smoothing_mm / dx))
-    clot = _fill(mask[box])
+    frame = ClotFrame.of(hu_zyx, mask, spacing_zyx, g)
+    box, hu, clot, inner, voxel_ml, pixel = frame.box, frame.hu, frame.clot, frame.inner, frame.voxel_ml, frame.pixel
+    dy, dx = frame.spacing_yx
     around = clot if probability_zyx is None else clot | (np.asarray(probability_zyx[box]) >= g.envelope_probability)
     envelope = _fill(_closed(around, _px(g.envelope_mm, pixel)))
-    inner = ndimage.binary_erosion(clot, IN_PLANE, iterations=_px(g.surface_mm, pixel)) if g.surface_mm > 0 \
-        else clot
-    if int(inner.sum()) < 20:
-        inner = clot
     values = hu[inner]
     median = float(np.median(values))
 
@@ -219,7 +245,7 @@ def measure_markers(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Seque
         if y[fluid].mean() < y[~fluid].mean():  # LPS: a smaller y is anterior (non-dependent when supine)
             fluid_score = _straight_split(y[:, None], fluid) * float(min(1.0, 4.0 * fluid.mean()))
 
-    darkness = _darkness(np.asarray(hu_zyx[box], dtype=np.float32), clot, inner, (dy, dx), g)
+    darkness = _darkness(frame.raw, clot, inner, (dy, dx), g)
     dark = np.zeros(clot.shape, dtype=bool)
     dark[inner] = darkness > g.dark_hu
     dark_regions = _regions(dark, voxel_ml, g.min_focus_ml)
