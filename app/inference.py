@@ -261,7 +261,7 @@ class Predictor:
         post = self.postprocessing
         prob_ref = probabilities_to_reference(raw.probability_map, prepared.grid, series.image)
         network_probability = float(raw.expansion_probability)
-        m = self.measure(series, prob_ref, network_probability)
+        m = self.measure(series, prob_ref, network_probability, prepared.brain_centroid_lps)
         mask_arr, detected, features = m.mask, m.detected, m.features
         if detected:
             offset = centroid_offset_lps(centroid_lps(mask_arr, series.image), prepared.brain_centroid_lps)
@@ -314,14 +314,16 @@ class Predictor:
         result.timings_ms["postprocess"] = _ms(t0)
         return result
 
-    def measure(self, series: IngestedSeries, prob_ref: np.ndarray, network_probability: float) -> Measured:
+    def measure(self, series: IngestedSeries, prob_ref: np.ndarray, network_probability: float,
+                brain_centroid_lps: tuple[float, float, float] | None = None) -> Measured:
         """The haematoma and expansion measurements of one haematoma-probability map on the analysis grid
         (``prob_ref``, z-y-x, 0-1): threshold, boundary refinement, detection, clot and marker measurements,
-        expansion model and calibration, as every answer reports them (also each test-time augmentation pass)."""
+        expansion model and calibration, as every answer reports them (also each test-time augmentation pass).
+        ``brain_centroid_lps`` (mm) places the midline for the refinement's hemisphere rule."""
         from app import volumetry
         from app.model.clot_features import clot_features
         from app.model.clot_texture import measure_texture
-        from app.model.mask_refinement import refine_mask
+        from app.model.mask_refinement import drop_contralateral, refine_mask
         from app.model.ncct_markers import measure_markers
 
         post = self.postprocessing
@@ -331,7 +333,8 @@ class Predictor:
         if post.refinement.enabled:
             seed = mask_arr if post.refinement.seed_threshold is None else \
                 (prob_ref >= post.refinement.seed_threshold).astype(np.uint8)
-            mask_arr = refine_mask(hu, seed, series.spacing_zyx, post.refinement, prob_ref).astype(np.uint8)
+            mask_arr = refine_mask(hu, seed, series.spacing_zyx, post.refinement, prob_ref)
+            mask_arr = drop_contralateral(mask_arr, series.image, brain_centroid_lps, post.refinement).astype(np.uint8)
         segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
         detected = post.detection.detected(segmented_ml, mean_probability)
         features: dict[str, float] = {}

@@ -89,21 +89,31 @@ def fit_expansion_model(rows: list[dict[str, Any]], cohort: str, c: float = 1.0,
 
 def fit_weights_expansion_model(weights_dir: str | Path, version: str | None, manifest: str | Path,
                                 out_dir: str | Path, *, device: str = "cpu", c: float = 1.0,
-                                marker_reader: bool = False, reader_c: float = 0.3,
+                                marker_reader: bool = False, reader_c: float = 0.3, reader_kind: str = "logistic",
                                 progress: bool = False) -> ExpansionModel:
     """Predict ``manifest`` with the weights, fit the model and write it into the weights' manifest. With
-    ``marker_reader`` (weights that measure the markers): the learned marker reader (L2 ``reader_c``) and the
-    expansion model on its probabilities (L2 ``c``) of :mod:`model_training.marker_reader_fit` instead."""
-    from app.weights.registry import load_weights
-    from model_training.calibration import _atomic_write
+    ``marker_reader`` (weights that measure the markers): the learned marker reader (``reader_kind``; L2
+    ``reader_c`` for the logistic one) and the expansion model on its probabilities (L2 ``c``) of
+    :mod:`model_training.marker_reader_fit` instead."""
     from model_training.evaluation.serving_path import evaluate_weights, resolve_weights
 
     registry, version = resolve_weights(weights_dir, version)
     report = evaluate_weights(registry, version, manifest, out_dir, device=device, progress=progress)
     cohort = Path(manifest).parent.name or Path(manifest).name
+    return store_expansion_model(registry, version, report["cases"], cohort, out_dir, c=c,
+                                 marker_reader=marker_reader, reader_c=reader_c, reader_kind=reader_kind)
+
+
+def store_expansion_model(registry: Path, version: str | None, rows: list[dict[str, Any]], cohort: str,
+                          out_dir: str | Path, *, c: float = 1.0, marker_reader: bool = False,
+                          reader_c: float = 0.3, reader_kind: str = "logistic") -> ExpansionModel:
+    """Fit the marker thresholds, the reader (with ``marker_reader``) and the expansion model on serving-path
+    ``rows`` of these weights and write them into the weights' manifest (and ``out_dir/expansion_model.json``)."""
+    from app.weights.registry import load_weights
+    from model_training.calibration import _atomic_write
+
     loaded = load_weights(registry, version)
     markers = loaded.postprocessing.markers
-    rows = report["cases"]
     reader = None
     if marker_reader and not markers.enabled:
         raise ValueError("a marker reader needs weights that measure the NCCT markers (postprocessing.markers)")
@@ -112,7 +122,7 @@ def fit_weights_expansion_model(weights_dir: str | Path, version: str | None, ma
     if marker_reader:
         from model_training.marker_reader_fit import fit_marker_expansion_model, fit_marker_reader
 
-        reader, crossfit = fit_marker_reader(rows, cohort, c=reader_c)
+        reader, crossfit = fit_marker_reader(rows, cohort, c=reader_c, kind=reader_kind)
         model = fit_marker_expansion_model(rows, crossfit, cohort, c=c)
     elif markers.enabled:
         model = fit_expansion_model(rows, cohort, c, MARKER_INPUTS)
@@ -129,6 +139,7 @@ def fit_weights_expansion_model(weights_dir: str | Path, version: str | None, ma
         data["postprocessing"].pop("marker_reader", None)
     _atomic_write(path, json.dumps(data, indent=2) + "\n")
     load_weights(registry, version)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "expansion_model.json").write_text(json.dumps(
         {"expansion_model": model.model_dump(mode="json"), "markers": markers.model_dump(mode="json"),
          "marker_reader": None if reader is None else reader.model_dump(mode="json")},

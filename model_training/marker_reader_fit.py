@@ -2,7 +2,8 @@
 from serving-path rows of a training cohort with marker truth.
 
 Stage 1, the reader: for each of the seven markers, an L2-penalised logistic regression (``c``, standardised
-inputs :data:`app.model.marker_reader.READER_INPUTS`) of the marker truth on the detected haematomas. Its decision
+inputs :data:`app.model.marker_reader.READER_INPUTS`) or gradient-boosted trees (:data:`TREE_SETTINGS`) of the
+marker truth on the detected haematomas. Its decision
 threshold is the one of maximum Cohen's kappa on *cross-fitted* probabilities (``folds``-fold, stratified, seeded),
 so that it holds for cases the regression has not seen.
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from app.model.clot_features import ExpansionModel
 from app.model.marker_reader import PROBABILITY_FEATURES, READER_INPUTS, MarkerModel, MarkerReader
+from app.model.marker_trees import BoostedTreesModel, RegressionTree
 from app.model.ncct_markers import NCCT_MARKERS
 
 EXPANSION_INPUTS: tuple[str, ...] = ("network_logit", "log_volume_ml", *PROBABILITY_FEATURES.values())
@@ -42,12 +44,48 @@ def _best_kappa_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return max((float(cohen_kappa_score(y, p >= t)), float(t)) for t in candidates)
 
 
+#: the boosted trees' settings (scikit-learn's ``HistGradientBoostingClassifier``), chosen by cross-validated kappa
+#: on a revised-generator cohort; see the weights' model card
+TREE_SETTINGS: dict[str, float | int] = {"max_iter": 150, "learning_rate": 0.05, "max_leaf_nodes": 6,
+                                         "min_samples_leaf": 30, "l2_regularization": 1.0}
+READER_KINDS: tuple[str, ...] = ("logistic", "boosted_trees")
+
+
+def export_boosted_trees(classifier: Any, feature_names: tuple[str, ...], threshold: float) -> BoostedTreesModel:
+    """A fitted binary ``HistGradientBoostingClassifier`` (numerical features, no missing values) as the
+    stored :class:`~app.model.marker_trees.BoostedTreesModel`."""
+    if getattr(classifier, "n_trees_per_iteration_", 1) != 1:
+        raise ValueError("boosted-trees export: only binary classifiers")
+    trees = []
+    for (predictor,) in classifier._predictors:
+        nodes = predictor.nodes
+        if nodes["is_categorical"].any():
+            raise ValueError("boosted-trees export: categorical splits are not supported")
+        leaf = nodes["is_leaf"].astype(bool)
+        trees.append(RegressionTree(
+            feature=tuple(int(f) if not lf else -1 for f, lf in zip(nodes["feature_idx"], leaf, strict=True)),
+            threshold=tuple(float(t) if not lf else 0.0 for t, lf in zip(nodes["num_threshold"], leaf, strict=True)),
+            left=tuple(int(v) if not lf else 0 for v, lf in zip(nodes["left"], leaf, strict=True)),
+            right=tuple(int(v) if not lf else 0 for v, lf in zip(nodes["right"], leaf, strict=True)),
+            value=tuple(float(v) if lf else 0.0 for v, lf in zip(nodes["value"], leaf, strict=True))))
+    return BoostedTreesModel(feature_names=feature_names, baseline=float(np.ravel(classifier._baseline_prediction)[0]),
+                             trees=tuple(trees), threshold=threshold)
+
+
 def fit_marker_reader(rows: list[dict[str, Any]], cohort: str, c: float = 0.3, folds: int = 5,
-                      seed: int = 0) -> tuple[MarkerReader, dict[str, dict[str, float]]]:
-    """The reader (stage 1) and, per ``case_id``, the cross-fitted marker probabilities (feature name -> 0-1)."""
+                      seed: int = 0, kind: str = "logistic",
+                      tree_settings: dict[str, float | int] | None = None,
+                      ) -> tuple[MarkerReader, dict[str, dict[str, float]]]:
+    """The reader (stage 1) and, per ``case_id``, the cross-fitted marker probabilities (feature name -> 0-1).
+    ``kind``: ``logistic`` (L2 ``c`` on standardised inputs) or ``boosted_trees`` (``tree_settings``, default
+    :data:`TREE_SETTINGS`)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from threadpoolctl import threadpool_limits
 
+    if kind not in READER_KINDS:
+        raise ValueError(f"marker reader kind must be one of {', '.join(READER_KINDS)} (got {kind!r})")
     usable = [r for r in rows if r.get("detected") and all(f"truth_{k}" in r for k in NCCT_MARKERS)
               and all(f"clot_{k}" in r for k in READER_INPUTS)]
     if len(usable) < 50:
@@ -56,24 +94,37 @@ def fit_marker_reader(rows: list[dict[str, Any]], cohort: str, c: float = 0.3, f
     x = np.array([[float(r[f"clot_{k}"]) for k in READER_INPUTS] for r in usable])
     means, scales = _standardise(x)
     z = (x - means) / scales
-    models, crossfit, kappas = {}, {r["case_id"]: {} for r in usable}, {}
+    settings = {**TREE_SETTINGS, **(tree_settings or {})}
+    models: dict[str, MarkerModel | BoostedTreesModel] = {}
+    crossfit: dict[str, dict[str, float]] = {r["case_id"]: {} for r in usable}
+    kappas = {}
     for name in NCCT_MARKERS:
         y = np.array([int(r[f"truth_{name}"]) for r in usable])
         if len(set(y.tolist())) < 2 or min(int(y.sum()), int((1 - y).sum())) < folds:
             raise ValueError(f"fitting the marker reader: too few cases with and without {name}")
-        lr = LogisticRegression(C=c, max_iter=5000)
-        cv = cross_val_predict(lr, z, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                               method="predict_proba")[:, 1]
+        if kind == "logistic":
+            estimator, inputs = LogisticRegression(C=c, max_iter=5000), z
+        else:
+            estimator, inputs = HistGradientBoostingClassifier(random_state=seed, early_stopping=False,
+                                                               **settings), x
+        with threadpool_limits(limits=1, user_api="openmp"):  # small data: threads only contend with the rest
+            cv = cross_val_predict(estimator, inputs, y, method="predict_proba",
+                                   cv=StratifiedKFold(folds, shuffle=True, random_state=seed))[:, 1]
+            estimator.fit(inputs, y)
         kappas[name], threshold = _best_kappa_threshold(y, cv)
-        lr.fit(z, y)
-        models[name] = MarkerModel(feature_names=READER_INPUTS, means=tuple(means.tolist()),
-                                   scales=tuple(scales.tolist()), coefficients=tuple(lr.coef_[0].tolist()),
-                                   intercept=float(lr.intercept_[0]), threshold=threshold)
+        if kind == "logistic":
+            models[name] = MarkerModel(feature_names=READER_INPUTS, means=tuple(means.tolist()),
+                                       scales=tuple(scales.tolist()), coefficients=tuple(estimator.coef_[0].tolist()),
+                                       intercept=float(estimator.intercept_[0]), threshold=threshold)
+        else:
+            models[name] = export_boosted_trees(estimator, READER_INPUTS, threshold)
         for r, p in zip(usable, cv, strict=True):
             crossfit[r["case_id"]][PROBABILITY_FEATURES[name]] = float(p)
     summary = ", ".join(f"{k} {kappas[k]:.2f}" for k in NCCT_MARKERS)
+    method = (f"L2 logistic regression per marker, C={c:g}" if kind == "logistic" else
+              "gradient-boosted trees per marker (" + ", ".join(f"{k}={v:g}" for k, v in settings.items()) + ")")
     reader = MarkerReader(models=models, fitted_on=(
-        f"{cohort}: {len(usable)} detected haematomas with marker truth; L2 logistic regression per marker, C={c:g}, "
+        f"{cohort}: {len(usable)} detected haematomas with marker truth; {method}, "
         f"{len(READER_INPUTS)} measurements; threshold of maximum Cohen's kappa on {folds}-fold cross-fitted "
         f"probabilities (cross-fitted kappa: {summary})"))
     return reader, crossfit

@@ -134,3 +134,85 @@ def test_default_weights_report_each_marker_by_the_readers_probability(tmp_path)
         assert finding["present"] == (result.clot_features[PROBABILITY_FEATURES[name]] >= finding["threshold"])
     assert set(TEXTURE_UNITS) <= set(doc["haematoma"]["measurements"])
     assert doc["bat"]["points"]["hypodensity"] == (2 if doc["ncct_markers"]["hypodensity"]["present"] else 0)
+
+
+def _interaction_rows(n: int, seed: int) -> list[dict]:
+    """Rows in which one marker shows only where two measurements are both high (no main effect alone)."""
+    rows = _rows(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    a, b = READER_INPUTS[-1], READER_INPUTS[-2]
+    for r in rows:
+        r[f"clot_{a}"], r[f"clot_{b}"] = float(rng.normal()), float(rng.normal())
+        r["truth_swirl"] = int(r[f"clot_{a}"] > 0.3 and r[f"clot_{b}"] > 0.3)
+    return rows
+
+
+def test_boosted_trees_export_scores_as_scikit_learn_does():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from model_training.marker_reader_fit import export_boosted_trees
+
+    rng = np.random.default_rng(5)
+    names = READER_INPUTS[:4]
+    x = rng.normal(size=(300, 4))
+    y = ((x[:, 0] > 0) & (x[:, 1] > -0.2) | (x[:, 2] > 1.2)).astype(int)
+    clf = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=6, random_state=0).fit(x, y)
+    model = export_boosted_trees(clf, names, threshold=0.4)
+    new = rng.normal(size=(50, 4))
+    ours = [model.probability(dict(zip(names, row, strict=True))) for row in new]
+    np.testing.assert_allclose(ours, clf.predict_proba(new)[:, 1], rtol=0, atol=1e-9)
+    assert len(model.trees) == 40 and model.threshold == 0.4
+
+
+def test_boosted_trees_reader_reads_an_interaction_the_logistic_one_misses_and_survives_the_manifest():
+    train, test = _interaction_rows(500, 11), _interaction_rows(300, 12)
+
+    def agreement(reader: MarkerReader) -> float:
+        hits = []
+        for r in test:
+            features = {k[len("clot_"):]: v for k, v in r.items() if k.startswith("clot_")}
+            features.update(reader.probabilities(features))
+            hits.append(reader.decide(features)["swirl"] == bool(r["truth_swirl"]))
+        return float(np.mean(hits))
+
+    trees, crossfit = fit_marker_reader(train, "interaction rows", kind="boosted_trees",
+                                        tree_settings={"max_iter": 60, "learning_rate": 0.1})
+    logistic, _ = fit_marker_reader(train, "interaction rows", kind="logistic")
+    assert agreement(trees) > 0.95 and agreement(trees) > agreement(logistic) + 0.03
+    assert "gradient-boosted trees" in trees.fitted_on and set(crossfit) == {r["case_id"] for r in train}
+    post = Postprocessing.model_validate({"marker_reader": trees.model_dump(mode="json")})
+    assert post.marker_reader == trees
+    assert type(post.marker_reader.models["swirl"]).__name__ == "BoostedTreesModel"
+
+
+def test_boosted_trees_refuse_a_malformed_tree():
+    from app.model.marker_trees import BoostedTreesModel, RegressionTree
+
+    leaf = RegressionTree(feature=(-1,), threshold=(0.0,), left=(0,), right=(0,), value=(0.2,))
+    with pytest.raises(ValueError, match="outside the tree"):
+        RegressionTree(feature=(0, -1), threshold=(0.0, 0.0), left=(1, 0), right=(2, 0), value=(0.0, 1.0))
+    with pytest.raises(ValueError, match="beyond feature_names"):
+        BoostedTreesModel(feature_names=("dark_peak_hu",), baseline=0.0, trees=(RegressionTree(
+            feature=(1, -1, -1), threshold=(0.0,) * 3, left=(1, 0, 0), right=(2, 0, 0), value=(0.0, 1.0, -1.0)),))
+    with pytest.raises(ValueError, match="unknown measurement"):
+        BoostedTreesModel(feature_names=("nope",), baseline=0.0, trees=(leaf,))
+    with pytest.raises(ValueError, match="kind"):
+        fit_marker_reader(_rows(60, 4), "rows", kind="forest")
+
+
+def test_fit_reader_pools_saved_reports_of_the_same_network_only(tmp_path):
+    import json
+
+    from model_training.commands.fit_reader import pooled_rows
+
+    for cohort, seed, named in (("cohort_a", 21, {}), ("cohort_b", 22, {"cohort": "val_b"})):
+        (tmp_path / cohort).mkdir()
+        (tmp_path / cohort / "serving_report.json").write_text(json.dumps(
+            {"model": {"sha256": "ab" * 32}, "manifest": {"file": "manifest.csv", **named}, "cases": _rows(60, seed)}))
+    reports = [tmp_path / c / "serving_report.json" for c in ("cohort_a", "cohort_b")]
+    rows, cohort = pooled_rows(reports, "ab" * 32)
+    assert len(rows) == 120 and len({r["case_id"] for r in rows}) == 120
+    assert rows[0]["case_id"] == "cohort_a/c0" and rows[60]["case_id"] == "val_b/c0"
+    assert "val_b (manifest.csv, 60 cases)" in cohort
+    with pytest.raises(ValueError, match="not of these weights' network"):
+        pooled_rows(reports, "cd" * 32)

@@ -142,3 +142,28 @@ def test_a_blood_csf_level_and_a_round_clot_beside_hypodense_brain_are_not_exten
     hu[hypodense_brain] = 18.0
     completed = refine_mask(hu, round_clot, SPACING, FLUID_LEVEL)
     assert (completed & hypodense_brain).sum() < 0.05 * round_clot.sum()
+
+
+def test_a_component_across_the_midline_from_the_haematoma_is_dropped() -> None:
+    """Step 8 in the patient frame: the side is read in LPS through the grid's direction (here x flipped)."""
+    import SimpleITK as sitk
+
+    from app.model.mask_refinement import drop_contralateral
+
+    shape = (10, 80, 80)
+    geometry = sitk.Image(shape[2], shape[1], shape[0], sitk.sitkUInt8)
+    geometry.SetSpacing((1.0, 1.0, 5.0))
+    geometry.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    geometry.SetOrigin((40.0, -40.0, 0.0))  # x index 40 lies at LPS x = 0, the brain centroid below
+    mask = np.zeros(shape, bool)
+    mask[3:7, 30:50, 5:30] = True  # the haematoma: x index < 40, i.e. LPS x > 0 (patient left)
+    mask[4:6, 60:66, 55:61] = True  # across the midline: LPS x < 0
+    mask[4:6, 60:66, 33:37] = True  # on the haematoma's side
+    on = BoundaryRefinement(enabled=True, drop_contralateral=True)
+    out = drop_contralateral(mask, geometry, (0.0, 0.0, 20.0), on)
+    assert out[3:7, 30:50, 5:30].all() and out[4:6, 60:66, 33:37].all()
+    assert not out[4:6, 60:66, 55:61].any()
+    near = drop_contralateral(mask, geometry, (-16.0, 0.0, 20.0), on.model_copy(update={"contralateral_min_mm": 3.0}))
+    assert near[4:6, 60:66, 55:61].all(), "a component within contralateral_min_mm of the midline stays"
+    for settings, centroid in ((BoundaryRefinement(enabled=True), (0.0, 0.0, 20.0)), (on, None)):
+        assert np.array_equal(drop_contralateral(mask, geometry, centroid, settings), mask)

@@ -7,9 +7,11 @@ gives each marker its own logistic regression over every measurement of :mod:`ap
 
     p_marker = sigmoid(intercept + sum_k coefficients[k] * (x_k - means[k]) / scales[k])
 
-and decides the marker present when ``p_marker >= threshold``. The regressions and thresholds are fitted on a
-training cohort's marker truth (``model_training.marker_reader_fit``: L2-penalised, threshold of maximum Cohen's
-kappa on cross-fitted probabilities) and stored with the weights under ``postprocessing.marker_reader``. The
+and decides the marker present when ``p_marker >= threshold``; a marker may instead be read by boosted trees over
+the same measurements (:class:`~app.model.marker_trees.BoostedTreesModel`, which read interactions a sum of
+effects cannot). The models and thresholds are fitted on a training cohort's marker truth
+(``model_training.marker_reader_fit``: threshold of maximum Cohen's kappa on cross-fitted probabilities) and
+stored with the weights under ``postprocessing.marker_reader``. The
 probabilities enter the answer's features as ``<marker>_probability`` (:data:`PROBABILITY_FEATURES`), which is
 what the expansion model reads.
 """
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.model.clot_features import FEATURE_NAMES
 from app.model.clot_texture import TEXTURE_UNITS
+from app.model.marker_trees import BoostedTreesModel
 from app.model.ncct_markers import MEASUREMENT_UNITS, NCCT_MARKERS
 
 #: every measurement a reader may use
@@ -67,7 +70,7 @@ class MarkerReader(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    models: dict[str, MarkerModel]
+    models: dict[str, MarkerModel | BoostedTreesModel]
     fitted_on: str | None = None
 
     @model_validator(mode="after")

@@ -38,6 +38,12 @@ that manual planimetry follows. :func:`refine_mask` applies that rule in a band 
    fluid level. CSF (below ``serum_hu[0]``) is not serum, so the blood-CSF level in a ventricle is never
    extended; a round clot beside hypodense brain fails the width, line or convexity test.
 
+8. A parenchymal haematoma lies in one hemisphere (the falx bounds it). With ``drop_contralateral`` and the
+   brain's centroid known, a connected component other than the largest whose centroid lies across the midline
+   from the largest one's (LPS x on the other side of the brain centroid's, by at least
+   ``contralateral_min_mm``) is left out: blood in the opposite ventricle, or a second, remote bleed, which the
+   haematoma volume does not count either (:func:`drop_contralateral`, on the whole analysis grid).
+
 All distances are in mm on the analysis grid (z, y, x); work is done in the mask's bounding box.
 """
 
@@ -46,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
@@ -93,6 +100,8 @@ class BoundaryRefinement(BaseModel):
     level_max_sd_mm: float = Field(2.5, gt=0.0)
     serum_max_ratio: float = Field(3.0, gt=0.0)
     union_min_solidity: float = Field(0.85, gt=0.0, le=1.0)
+    drop_contralateral: bool = Field(False, description="drop components across the midline (step 8)")
+    contralateral_min_mm: float = Field(3.0, ge=0.0, le=30.0)
     fitted_on: str | None = Field(None, description="free text: the data these values were chosen on")
 
 
@@ -303,4 +312,32 @@ def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[
         refined &= ~_layered_blood(refined, hu, (dy, dx), settings)
     out = np.zeros_like(mask)
     out[box] = refined
+    return out
+
+
+def drop_contralateral(mask_zyx: np.ndarray, geometry: sitk.Image, brain_centroid_lps: Sequence[float] | None,
+                       settings: BoundaryRefinement) -> np.ndarray:
+    """``mask_zyx`` (z-y-x on ``geometry``'s grid) without the components across the midline from the largest
+    (module docstring, step 8); unchanged when the step is off, the centroid unknown or one component."""
+    mask = np.asarray(mask_zyx) > 0
+    if not (settings.enabled and settings.drop_contralateral) or brain_centroid_lps is None or not mask.any():
+        return mask
+    box = _box(mask, (1, 1, 1))
+    labels, n = ndimage.label(mask[box], np.ones((3, 3, 3), dtype=bool))
+    if n < 2:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    index = np.arange(1, n + 1)
+    zyx = np.stack([ndimage.sum_labels(np.broadcast_to(np.arange(labels.shape[a]).reshape(
+        [-1 if i == a else 1 for i in range(3)]), labels.shape), labels, index) / sizes for a in range(3)], axis=1)
+    zyx += [b.start for b in box]
+    side = [float(geometry.TransformContinuousIndexToPhysicalPoint([float(c[2]), float(c[1]), float(c[0])])[0])
+            - float(brain_centroid_lps[0]) for c in zyx]
+    largest = int(np.argmax(sizes))
+    drop = [i + 1 for i in range(n) if i != largest and side[i] * side[largest] < 0
+            and abs(side[i]) >= settings.contralateral_min_mm]
+    if not drop:
+        return mask
+    out = mask.copy()
+    out[box] &= ~np.isin(labels, drop)
     return out

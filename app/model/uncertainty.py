@@ -201,7 +201,7 @@ def measure_pass(predictor: Any, series: Any, prepared: Any, prob_map: np.ndarra
     from app.preprocessing import probabilities_to_reference
 
     prob_ref = probabilities_to_reference(prob_map, prepared.grid, series.image)
-    measured = predictor.measure(series, prob_ref, network_probability)
+    measured = predictor.measure(series, prob_ref, network_probability, prepared.brain_centroid_lps)
     if not measured.detected:
         return 0.0, None
     return measured.segmented_ml, measured.probability

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from model_training.commands._common import setup_logging
+from model_training.marker_reader_fit import READER_KINDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "coefficients >= 0)")
     p.add_argument("--reader-l2-c", type=float, default=0.3,
                    help="inverse L2 strength of the marker reader's logistic regressions (--marker-reader)")
+    p.add_argument("--reader-kind", choices=READER_KINDS, default="logistic",
+                   help="the marker reader's model per marker (--marker-reader)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = fit_weights_expansion_model(args.weights, args.version, args.manifest, args.out,
                                             device=args.device, c=args.l2_c, marker_reader=args.marker_reader,
-                                            reader_c=args.reader_l2_c, progress=not args.no_progress)
+                                            reader_c=args.reader_l2_c, reader_kind=args.reader_kind,
+                                            progress=not args.no_progress)
         print(json.dumps({"expansion_model": model.model_dump(mode="json")}))
         return 0
     try:

@@ -221,7 +221,7 @@ def evaluate_weights(
     meta = {
         "model": {"name": w.name, "version": w.version, "sha256": w.weights_sha256, "threshold": float(w.threshold),
                   **{k: v for k, v in predictor.model_summary().items() if k in ("device", "autocast", "compile")}},
-        "manifest": {"file": Path(manifest).name,
+        "manifest": {"file": Path(manifest).name, "cohort": Path(manifest).resolve().parent.name,
                      "sha256": hashlib.sha256(Path(manifest).read_bytes()).hexdigest(), "image_column": image_column},
         "seconds": round(time.perf_counter() - t0, 1),
     }
