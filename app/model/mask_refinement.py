@@ -327,10 +327,7 @@ def drop_contralateral(mask_zyx: np.ndarray, geometry: sitk.Image, brain_centroi
     if n < 2:
         return mask
     sizes = np.bincount(labels.ravel())[1:]
-    index = np.arange(1, n + 1)
-    zyx = np.stack([ndimage.sum_labels(np.broadcast_to(np.arange(labels.shape[a]).reshape(
-        [-1 if i == a else 1 for i in range(3)]), labels.shape), labels, index) / sizes for a in range(3)], axis=1)
-    zyx += [b.start for b in box]
+    zyx = np.asarray(ndimage.center_of_mass(labels > 0, labels, range(1, n + 1))) + [b.start for b in box]
     side = [float(geometry.TransformContinuousIndexToPhysicalPoint([float(c[2]), float(c[1]), float(c[0])])[0])
             - float(brain_centroid_lps[0]) for c in zyx]
     largest = int(np.argmax(sizes))
