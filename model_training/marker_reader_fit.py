@@ -53,7 +53,10 @@ READER_KINDS: tuple[str, ...] = ("logistic", "boosted_trees")
 
 def export_boosted_trees(classifier: Any, feature_names: tuple[str, ...], threshold: float) -> BoostedTreesModel:
     """A fitted binary ``HistGradientBoostingClassifier`` (numerical features, no missing values) as the
-    stored :class:`~app.model.marker_trees.BoostedTreesModel`."""
+    stored :class:`~app.model.marker_trees.BoostedTreesModel`. It reads the classifier's fitted trees
+    (``_predictors``, ``_baseline_prediction``), which scikit-learn does not promise to keep; the tests check the
+    export against ``predict_proba`` on new rows, so a scikit-learn that changes them fails there, not silently.
+    Served weights do not depend on it: they hold the exported arrays."""
     if getattr(classifier, "n_trees_per_iteration_", 1) != 1:
         raise ValueError("boosted-trees export: only binary classifiers")
     trees = []
