@@ -167,3 +167,35 @@ def test_a_component_across_the_midline_from_the_haematoma_is_dropped() -> None:
     assert near[4:6, 60:66, 55:61].all(), "a component within contralateral_min_mm of the midline stays"
     for settings, centroid in ((BoundaryRefinement(enabled=True), (0.0, 0.0, 20.0)), (on, None)):
         assert np.array_equal(drop_contralateral(mask, geometry, centroid, settings), mask)
+
+
+LEAK_TOLERANT = FLUID_LEVEL.model_copy(update={"serum_within_width": True, "union_min_solidity": 0.75})
+
+
+def test_serum_that_runs_into_hypodense_brain_beside_the_clot_is_kept_within_the_clots_width() -> None:
+    clot, serum, hu = _fluid_level_clot(18.0)
+    z, y, x = _grid()
+    # hypodense white matter at the serum's density runs sideways from the serum part, past the clot's width
+    strip = (np.abs(y + 9.0) < 2.5) & (np.abs(x) < 32.0) & (np.abs(z) < 12.0) & ~clot
+    hu[strip] = 18.0
+    network = clot & ~serum
+    strict = refine_mask(hu, network, SPACING, FLUID_LEVEL)
+    within = refine_mask(hu, network, SPACING, LEAK_TOLERANT)
+    assert (strict & serum).sum() < 0.1 * serum.sum()  # the leak fails the width test: nothing is completed
+    assert (within & serum).sum() > 0.7 * serum.sum()
+    beside = strip & (np.abs(x) > 16.0)  # past the clot's own columns
+    assert (within & beside).sum() == 0
+    assert abs(within.sum() / clot.sum() - 1.0) < 0.15
+
+
+def test_the_leak_tolerant_serum_rule_still_leaves_csf_and_hypodense_brain_out() -> None:
+    clot, serum, hu = _fluid_level_clot(5.0)
+    completed = refine_mask(hu, clot & ~serum, SPACING, LEAK_TOLERANT)
+    assert (completed & serum).sum() < 0.1 * serum.sum()
+    z, y, x = _grid()
+    round_clot = _sphere(12.0)
+    hypodense_brain = (y < -8.0) & (np.abs(x) < 25.0) & (np.abs(z) < 12.0) & ~round_clot
+    hu = _image(round_clot, np.random.default_rng(13))
+    hu[hypodense_brain] = 18.0
+    completed = refine_mask(hu, round_clot, SPACING, LEAK_TOLERANT)
+    assert (completed & hypodense_brain).sum() < 0.05 * round_clot.sum()

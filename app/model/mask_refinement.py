@@ -35,7 +35,9 @@ that manual planimetry follows. :func:`refine_mask` applies that rule in a band 
    the ``SERUM_REACH_MM`` search box), meets the mask along a horizontal line (over at least ``level_min_share``
    of the mask's width, slope at most ``level_max_slope``, SD about the line at most ``level_max_sd_mm``) and
    the two together are convex (2D solidity at least ``union_min_solidity``): the outline of a clot split by a
-   fluid level. CSF (below ``serum_hu[0]``) is not serum, so the blood-CSF level in a ventricle is never
+   fluid level. With ``serum_within_width`` the serum is looked for only over the mask's own columns (plus the
+   partial-volume gap), so that hypodense white matter or oedema that runs sideways from the serum part does not
+   fail the width test for the whole slice. CSF (below ``serum_hu[0]``) is not serum, so the blood-CSF level in a ventricle is never
    extended; a round clot beside hypodense brain fails the width, line or convexity test.
 
 8. A parenchymal haematoma lies in one hemisphere (the falx bounds it). With ``drop_contralateral`` and the
@@ -100,6 +102,7 @@ class BoundaryRefinement(BaseModel):
     level_max_sd_mm: float = Field(2.5, gt=0.0)
     serum_max_ratio: float = Field(3.0, gt=0.0)
     union_min_solidity: float = Field(0.85, gt=0.0, le=1.0)
+    serum_within_width: bool = Field(False, description="look for serum only over the mask's own columns (step 7)")
     drop_contralateral: bool = Field(False, description="drop components across the midline (step 8)")
     contralateral_min_mm: float = Field(3.0, ge=0.0, le=30.0)
     fitted_on: str | None = Field(None, description="free text: the data these values were chosen on")
@@ -237,7 +240,12 @@ def _serum_part(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float
         area = float(section.sum())
         if area < 50:
             continue
-        candidates = ndimage.binary_opening(serum[z] & ~section, iterations=opening)
+        candidates = serum[z] & ~section
+        if settings.serum_within_width:
+            cols = np.flatnonzero(section.any(axis=0))
+            candidates[:, :max(cols[0] - touch, 0)] = False
+            candidates[:, cols[-1] + touch + 1:] = False
+        candidates = ndimage.binary_opening(candidates, iterations=opening)
         near = ndimage.binary_dilation(section, iterations=touch)
         labels, n = ndimage.label(candidates)
         if n == 0:
