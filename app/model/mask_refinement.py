@@ -37,8 +37,8 @@ that manual planimetry follows. :func:`refine_mask` applies that rule in a band 
    the two together are convex (2D solidity at least ``union_min_solidity``): the outline of a clot split by a
    fluid level. With ``serum_within_width`` the serum is looked for only over the mask's own columns (plus the
    partial-volume gap), so that hypodense white matter or oedema that runs sideways from the serum part does not
-   fail the width test for the whole slice. CSF (below ``serum_hu[0]``) is not serum, so the blood-CSF level in a ventricle is never
-   extended; a round clot beside hypodense brain fails the width, line or convexity test.
+   fail the width test for the whole slice. CSF (below ``serum_hu[0]``) is not serum, so the blood-CSF level in
+   a ventricle is never extended; a round clot beside hypodense brain fails the width, line or convexity test.
 
 8. A parenchymal haematoma lies in one hemisphere (the falx bounds it). With ``drop_contralateral`` and the
    brain's centroid known, a connected component other than the largest whose centroid lies across the midline
