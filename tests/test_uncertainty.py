@@ -2,7 +2,10 @@
 
 * the augmentations are deterministic and undone exactly (flip, in-plane shifts) away from the shifted border;
 * with TTA the volume and probability intervals contain their estimates, scale with the manifest's fitted
-  quantile, and leave the primary estimates unchanged; without TTA they are null; CPU default: off;
+  quantile (one per side where fitted), and leave the primary estimates unchanged; without TTA they are null;
+  CPU default: off;
+* a fit on skewed volume errors gives each side its own quantile and covers the nominal share on fresh draws
+  of the same errors, where a symmetric fit of the same width misses mostly on the long side;
 * abstention reasons (enum values): mask at the field-of-view edge, interval too wide, infratentorial, image
   statistics outside the recorded range; the result document carries them (old documents still validate).
 
@@ -71,6 +74,12 @@ def test_tta_intervals_in_the_result(series) -> None:
     wide = _predictor(3, {"volume": {"q": 3.0}}).predict(series)
     assert (wide.volume_interval_ml[1] - wide.volume_ml) == pytest.approx((hi - tta.volume_ml) * 3.0 / 1.644854,
                                                                           rel=1e-3)
+    # one quantile per side: the interval is as many scales below and above the estimate as each side says
+    skew = _predictor(3, {"volume": {"q": 3.0, "q_below": 0.5, "q_above": 4.0}}).predict(series)
+    scale = (hi - tta.volume_ml) / 1.644854
+    assert skew.volume_ml == tta.volume_ml
+    assert skew.volume_interval_ml[1] - skew.volume_ml == pytest.approx(4.0 * scale, rel=1e-3)
+    assert skew.volume_ml - skew.volume_interval_ml[0] == pytest.approx(min(0.5 * scale, skew.volume_ml), rel=1e-3)
     doc = build_document("x", tta_predictor, series, tta, tta.timings_ms, None)
     assert doc.expansion.interval.level == 0.9 and doc.expansion.interval.passes == 3
     assert (doc.expansion.interval.low, doc.expansion.interval.high) == (plo, phi)
@@ -126,3 +135,32 @@ def test_fit_sets_the_width_limit_so_that_only_the_widest_intervals_abstain(tmp_
     assert 0.07 <= float((widths > settings.max_probability_width).mean()) <= 0.1
     covered = [lo <= s["risk_image"] <= hi for s in scans for lo, hi in [_intervals(s, settings)[1]]]
     assert 0.89 <= float(np.mean(covered)) <= 0.95
+
+
+def test_fit_gives_each_side_of_the_volume_interval_its_own_quantile(tmp_path) -> None:
+    from model_training.commands.fit_uncertainty import _fit, _intervals, _report
+
+    def draw(seed: int) -> list[dict]:
+        rng = np.random.default_rng(seed)
+        scans = []
+        for _ in range(400):  # the truth above the estimate by a long tail (under-segmentation), below by a little
+            err = float(rng.exponential(3.0) if rng.random() < 0.5 else -rng.exponential(0.5))
+            scans.append({"detected": True, "volume_true_ml": 20.0, "volume_ml": 20.0 - err, "volume_scale": 1.0})
+        return scans
+
+    fit = draw(11)
+    block = _fit({"passes": 4, "scans": fit, "timings": []}, 0.9, tmp_path / "val" / "manifest.csv", 0.1)
+    volume = block["volume"]
+    assert volume["q_above"] > 3 * volume["q_below"] > 0 and volume["q_below"] < volume["q"] < volume["q_above"]
+    settings = uncertainty.UncertaintySettings.model_validate(block)
+    rel = np.array([np.diff(_intervals(s, settings)[0])[0] / s["volume_ml"] for s in fit])
+    assert 0.07 <= float((rel > settings.max_volume_width_rel).mean()) <= 0.1, "only the widest abstain"
+    fresh = draw(12)
+    report = _report({"passes": 4, "scans": fresh, "timings": []}, settings)
+    assert 0.86 <= report["volume_coverage"] <= 0.95 and report["volume_truth_above_interval"] <= 0.08
+    symmetric = uncertainty.UncertaintySettings.model_validate(
+        _fit({"passes": 4, "scans": fit, "timings": []}, 0.9, tmp_path / "val" / "manifest.csv", 0.1,
+             symmetric=True))
+    assert symmetric.volume.q_below is None and symmetric.sides(symmetric.volume) == (volume["q"], volume["q"])
+    width = np.mean([np.diff(_intervals(s, settings)[0])[0] for s in fresh])
+    assert width < np.mean([np.diff(_intervals(s, symmetric)[0])[0] for s in fresh])

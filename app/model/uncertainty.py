@@ -12,7 +12,12 @@ haematoma volume V (mL) the scale is ``s = sd_tta(V) + 0.05 V + 0.1 mL``; for th
 computed on the logit scale, ``s = sd_tta(logit p) + 0.1``, and mapped back. The interval is ``estimate +- q s``
 with ``q`` the conformal quantile fitted on a calibration cohort (``python -m model_training fit-uncertainty``,
 stored in the weights manifest under ``"uncertainty"``); without a fitted ``q`` the normal quantile of the level
-is used (1.645 for 90 %). The fixed terms keep an interval from collapsing when every pass agrees.
+is used (1.645 for 90 %). The fixed terms keep an interval from collapsing when every pass agrees. A scale may
+carry one quantile per side (``q_below``, ``q_above``: the conformal quantiles at ``(1 + level) / 2`` of
+``(estimate - truth) / s`` and of ``(truth - estimate) / s``), the interval then being
+``[estimate - q_below s, estimate + q_above s]``: the volume errors are skewed (a network that leaves out the
+darker part of a clot reads it small far more often than large), and a symmetric interval wide enough for the
+long side wastes width on the short one.
 
 **Abstention** (:func:`abstain_reasons`, codes :class:`~app.errors.AbstainReason`): the mask reaches the edge of
 the analysed field of view; an interval is wider than the manifest's limits (TTA only); the haematoma is probably
@@ -91,6 +96,8 @@ class IntervalScale(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     q: float | None = Field(None, gt=0, description="conformal quantile of the normalised error; None: normal")
+    q_below: float | None = Field(None, ge=0, description="quantile of (estimate - truth) / s, lower side; None: q")
+    q_above: float | None = Field(None, ge=0, description="quantile of (truth - estimate) / s, upper side; None: q")
     fitted_on: str | None = None
     n: int | None = None
 
@@ -122,6 +129,12 @@ class UncertaintySettings(BaseModel):
 
         return float(norm.ppf(0.5 + self.level / 2.0))
 
+    def sides(self, scale: IntervalScale) -> tuple[float, float]:
+        """The multiples of the normalising scale below and above the estimate (one-sided quantiles where fitted,
+        else the symmetric quantile on both sides)."""
+        q = self.quantile(scale)
+        return (q if scale.q_below is None else scale.q_below, q if scale.q_above is None else scale.q_above)
+
 
 # --- intervals ------------------------------------------------------------------------------------------------
 def _logit(p: float) -> float:
@@ -143,13 +156,16 @@ def probability_scale(samples: Sequence[float]) -> float:
 
 def interval(kind: str, estimate: float, samples: Sequence[float], settings: UncertaintySettings
              ) -> tuple[float, float]:
-    """``kind`` "volume" (mL, clipped at 0) or "probability" (0-1, via logits): ``estimate +- q s``."""
+    """``kind`` "volume" (mL, clipped at 0) or "probability" (0-1, via logits): ``estimate - q_below s`` to
+    ``estimate + q_above s`` (module docstring)."""
     if kind == "volume":
-        half = settings.quantile(settings.volume) * volume_scale(estimate, samples)
-        return (round(max(0.0, estimate - half), 4), round(estimate + half, 4))
-    half = settings.quantile(settings.probability) * probability_scale(samples)
+        s = volume_scale(estimate, samples)
+        below, above = settings.sides(settings.volume)
+        return (round(max(0.0, estimate - below * s), 4), round(estimate + above * s, 4))
+    s = probability_scale(samples)
+    below, above = settings.sides(settings.probability)
     centre = _logit(estimate)
-    lo, hi = (1.0 / (1.0 + math.exp(-(centre + s * half))) for s in (-1.0, 1.0))
+    lo, hi = (1.0 / (1.0 + math.exp(-(centre + k))) for k in (-below * s, above * s))
     return (round(lo, 6), round(hi, 6))
 
 

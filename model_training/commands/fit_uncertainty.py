@@ -6,12 +6,14 @@ Per scan (the baseline ``image`` and, with ``--followup``, the ``followup_image`
 (mL; ``mask`` / ``followup_mask``) and, for baselines, the image-only expansion probability ``risk_image``. Only
 detected true haematomas are scored (a detection on a head without haemorrhage is counted apart).
 
-* ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level``, the
-  probability-interval width that only ``--abstain-rate`` of the scored scans exceed (the abstention limit
-  ``max_probability_width``: the interval mostly measures the model's error against the image-only risk, so a
-  fixed limit would abstain on nearly every answer), and the range of every image statistic over the cohort
-  widened by 10 % of its span, written into the weights manifest's ``"uncertainty"`` block with ``--write``
-  (printed otherwise).
+* ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level`` and,
+  for the volume, one quantile per side (``q_below``, ``q_above`` at ``(1 + level) / 2``: the volume errors are
+  skewed; ``--symmetric`` fits ``q`` alone); the abstention limits that only ``--abstain-rate`` of the scored
+  scans exceed: the probability-interval width (``max_probability_width``: the interval mostly measures the
+  model's error against the image-only risk, so a fixed limit would abstain on nearly every answer) and the
+  volume-interval width relative to the volume (``max_volume_width_rel``); and the range of every image
+  statistic over the cohort widened by 10 % of its span. Written into the weights manifest's ``"uncertainty"``
+  block with ``--write`` (printed otherwise).
 * without ``--fit``: the coverage and mean width of the intervals under the weights' current settings on this
   cohort (use a held-out seed; recomputed from the cached estimates and scales, so a report after a new fit needs
   no new predictions), and the cost of one TTA pass (request time with and without TTA on ``--timing-scans``
@@ -82,12 +84,12 @@ def _scale(predictor: Any, result: Any, kind: str) -> float | None:
     from app.model.uncertainty import _logit
 
     settings = predictor.uncertainty
-    q = settings.quantile(settings.volume if kind == "volume" else settings.probability)
+    _, above = settings.sides(settings.volume if kind == "volume" else settings.probability)
     if kind == "volume":
         iv = result.volume_interval_ml
-        return None if iv is None else (iv[1] - result.volume_ml) / q
+        return None if iv is None or above <= 0 else (iv[1] - result.volume_ml) / above
     iv = result.probability_interval
-    return None if iv is None else (_logit(iv[1]) - _logit(result.probability)) / q
+    return None if iv is None or above <= 0 else (_logit(iv[1]) - _logit(result.probability)) / above
 
 
 def _scored(scan: dict[str, Any]) -> bool:
@@ -97,13 +99,14 @@ def _scored(scan: dict[str, Any]) -> bool:
 
 
 def _scores(scans: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Signed normalised volume errors ``(truth - estimate) / s`` and absolute normalised probability errors."""
     from app.model.uncertainty import _logit
 
     vol, prob = [], []
     for s in scans:
         if not _scored(s):
             continue
-        vol.append(abs(s["volume_true_ml"] - s["volume_ml"]) / s["volume_scale"])
+        vol.append((s["volume_true_ml"] - s["volume_ml"]) / s["volume_scale"])
         if s.get("risk_image") is not None and s.get("probability_scale"):
             prob.append(abs(_logit(s["risk_image"]) - _logit(s["probability"])) / s["probability_scale"])
     return vol, prob
@@ -123,12 +126,13 @@ def _intervals(scan: dict[str, Any], settings: Any) -> tuple[Any, Any]:
 
     vol = prob = None
     if scan.get("volume_scale") is not None:
-        half = settings.quantile(settings.volume) * scan["volume_scale"]
-        vol = (max(0.0, scan["volume_ml"] - half), scan["volume_ml"] + half)
+        below, above = settings.sides(settings.volume)
+        s = scan["volume_scale"]
+        vol = (max(0.0, scan["volume_ml"] - below * s), scan["volume_ml"] + above * s)
     if scan.get("probability_scale") is not None and scan.get("probability") is not None:
-        half = settings.quantile(settings.probability) * scan["probability_scale"]
-        c = _logit(scan["probability"])
-        prob = tuple(1.0 / (1.0 + math.exp(-(c + k * half))) for k in (-1.0, 1.0))
+        below, above = settings.sides(settings.probability)
+        s, c = scan["probability_scale"], _logit(scan["probability"])
+        prob = tuple(1.0 / (1.0 + math.exp(-(c + k))) for k in (-below * s, above * s))
     return vol, prob
 
 
@@ -139,27 +143,31 @@ def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
     scans = [s for s in data["scans"] if _scored(s)]
     from app.model.uncertainty import abstain_reasons
 
-    vol_cov, vol_w, prob_cov, prob_w, too_wide = [], [], [], [], []
+    vol_cov, vol_w, vol_low, prob_cov, prob_w, too_wide = [], [], [], [], [], []
     for s in scans:
         vol, prob = _intervals(s, settings)
         too_wide.append("interval_too_wide" in abstain_reasons(
             touches_fov_edge=False, infratentorial=False, statistics={}, probability_interval=prob,
             volume_interval=vol, volume_ml=s["volume_ml"], settings=settings))
         vol_cov.append(vol[0] <= s["volume_true_ml"] <= vol[1])
+        vol_low.append(s["volume_true_ml"] > vol[1])  # the estimate too low: the truth above the interval
         vol_w.append(vol[1] - vol[0])
         if s.get("risk_image") is not None and prob is not None:
             prob_cov.append(prob[0] <= s["risk_image"] <= prob[1])
             prob_w.append(prob[1] - prob[0])
     t = data["timings"]
     per_pass = [(x["with_tta_s"] - x["without_s"]) / data["passes"] for x in t] if data["passes"] else []
+    below, above = settings.sides(settings.volume)
     return {
         "level": settings.level, "q_volume": round(settings.quantile(settings.volume), 4),
+        "q_volume_below": round(below, 4), "q_volume_above": round(above, 4),
         "q_probability": round(settings.quantile(settings.probability), 4),
         "passes": data["passes"], "scans": len(data["scans"]), "scans_scored": len(scans),
         "detections_without_haematoma": sum(1 for s in data["scans"] if s.get("detected")
                                             and s["volume_true_ml"] == 0),
         "volume_coverage": round(float(np.mean(vol_cov)), 4) if vol_cov else None,
         "volume_mean_width_ml": round(float(np.mean(vol_w)), 3) if vol_w else None,
+        "volume_truth_above_interval": round(float(np.mean(vol_low)), 4) if vol_low else None,
         "probability_coverage": round(float(np.mean(prob_cov)), 4) if prob_cov else None,
         "probability_n": len(prob_cov),
         "probability_mean_width": round(float(np.mean(prob_w)), 4) if prob_w else None,
@@ -170,22 +178,28 @@ def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
     }
 
 
-def _probability_width_limit(data: dict[str, Any], block: dict[str, Any], abstain_rate: float) -> float | None:
-    """The probability-interval width above which only ``abstain_rate`` of the cohort's scored scans lie, under
-    the quantiles of ``block`` (rounded up to 0.01): the widest intervals abstain, not nearly all of them."""
+def _width_limits(data: dict[str, Any], block: dict[str, Any], abstain_rate: float) -> dict[str, float]:
+    """The abstention limits under the quantiles of ``block``: the probability-interval width and the volume
+    interval's width relative to the volume above which only ``abstain_rate`` of the cohort's scored scans lie
+    (each rounded up to 0.01), so that the widest intervals abstain, not nearly all of them. A volume interval
+    still abstains only when it is also wider than ``max_volume_width_ml``, so small clots are not flagged for a
+    width of a few millilitres."""
     import numpy as np
 
     from app.model.uncertainty import UncertaintySettings
 
-    settings = UncertaintySettings.model_validate({k: v for k, v in block.items() if k in ("level", "probability")})
-    widths = [prob[1] - prob[0] for s in data["scans"] if _scored(s)
-              for _, prob in [_intervals(s, settings)] if prob is not None]
-    if len(widths) < 10:
-        return None
-    return float(math.ceil(float(np.quantile(widths, 1.0 - abstain_rate)) * 100.0) / 100.0)
+    settings = UncertaintySettings.model_validate({k: v for k, v in block.items()
+                                                   if k in ("level", "volume", "probability")})
+    intervals = [(s, *_intervals(s, settings)) for s in data["scans"] if _scored(s)]
+    widths = {"max_probability_width": [p[1] - p[0] for _, _, p in intervals if p is not None],
+              "max_volume_width_rel": [(v[1] - v[0]) / s["volume_ml"] for s, v, _ in intervals
+                                       if v is not None and s["volume_ml"] > 0]}
+    return {key: float(math.ceil(float(np.quantile(w, 1.0 - abstain_rate)) * 100.0) / 100.0)
+            for key, w in widths.items() if len(w) >= 10}
 
 
-def _fit(data: dict[str, Any], level: float, manifest: Path, abstain_rate: float = 0.1) -> dict[str, Any]:
+def _fit(data: dict[str, Any], level: float, manifest: Path, abstain_rate: float = 0.1,
+         symmetric: bool = False) -> dict[str, Any]:
     vol, prob = _scores(data["scans"])
     stats: dict[str, list[float]] = {}
     for s in data["scans"]:
@@ -196,15 +210,22 @@ def _fit(data: dict[str, Any], level: float, manifest: Path, abstain_rate: float
     where = f"{manifest.parent.name}: {len(data['scans'])} scans ({len(vol)} scored), {data['passes']} TTA passes"
     block: dict[str, Any] = {
         "level": level,
-        "volume": {"q": _conformal_q(vol, level), "fitted_on": where, "n": len(vol)},
+        "volume": {"q": _conformal_q([abs(v) for v in vol], level), "fitted_on": where, "n": len(vol)},
         "probability": {"q": _conformal_q(prob, level), "fitted_on": where, "n": len(prob)},
         "image_statistics": ranges,
     }
-    if block["probability"]["q"] is not None:
-        block["max_probability_width"] = _probability_width_limit(data, block, abstain_rate)
-        if block["max_probability_width"] is not None:
-            block["limits_fitted_on"] = (f"{where}: the probability-interval width exceeded by {abstain_rate:.0%} "
-                                         f"of the scored scans")
+    if not symmetric and vol:  # one conformal quantile per side, each at (1 + level) / 2; never inside the estimate
+        side = (1.0 + level) / 2.0
+        block["volume"]["q_below"] = max(0.0, _conformal_q([-v for v in vol], side))
+        block["volume"]["q_above"] = max(0.0, _conformal_q(vol, side))
+    if block["probability"]["q"] is None:
+        del block["probability"]
+    limits = _width_limits(data, block, abstain_rate)
+    if limits:
+        block.update(limits)
+        block["limits_fitted_on"] = (f"{where}: " + " and ".join(
+            k.removeprefix("max_").replace("_", " ") for k in limits) + f" each exceeded by {abstain_rate:.0%} "
+            "of the scored scans")
     return block
 
 
@@ -232,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.fit:
         print(json.dumps(_report(data, UncertaintySettings.from_manifest(manifest))))
         return 0
-    block = _fit(data, args.level, args.manifest, args.abstain_rate)
+    block = _fit(data, args.level, args.manifest, args.abstain_rate, args.symmetric)
     current = manifest.get("uncertainty", {})
     block = {**current, **{k: v for k, v in block.items() if v is not None}}
     UncertaintySettings.model_validate(block)
@@ -261,6 +282,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also pool these --samples caches (e.g. runs on other parts of the cohort)")
     p.add_argument("--followup", action="store_true", help="also the follow-up scans (followup_image)")
     p.add_argument("--fit", action="store_true", help="fit the settings (else: report coverage and cost)")
+    p.add_argument("--symmetric", action="store_true",
+                   help="with --fit: one volume quantile for both sides (default: one per side)")
     p.add_argument("--write", action="store_true", help="with --fit: write the block into the weights manifest")
     p.add_argument("--samples", type=Path, default=None, help="cache of the per-scan predictions (JSON)")
     p.add_argument("--rerun", action="store_true", help="predict again even when --samples exists")
