@@ -17,10 +17,7 @@ carry one quantile per side (``q_below``, ``q_above``: the conformal quantiles a
 ``(estimate - truth) / s`` and of ``(truth - estimate) / s``), the interval then being
 ``[estimate - q_below s, estimate + q_above s]``: the volume errors are skewed (a network that leaves out the
 darker part of a clot reads it small far more often than large), and a symmetric interval wide enough for the
-long side wastes width on the short one. Those errors grow with the clot's heterogeneity, so the volume scale may
-also carry ``volume_heterogeneity_weight x h x V`` (:func:`heterogeneity`: h, 0-1, is the marker reader's largest
-probability of a swirl, blend, fluid level, hypodensity or heterogeneous density): a homogeneous clot gets a
-narrower interval, a mixed-density one a wider one; the weight is chosen by the fit (0 in older weights).
+long side wastes width on the short one.
 
 **Abstention** (:func:`abstain_reasons`, codes :class:`~app.errors.AbstainReason`): the mask reaches the edge of
 the analysed field of view; an interval is wider than the manifest's limits (TTA only); the haematoma is probably
@@ -39,7 +36,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import AbstainReason
-from app.model.marker_reader import PROBABILITY_FEATURES
 
 MANIFEST_KEY = "uncertainty"
 SHIFT_VOXELS = 2
@@ -50,9 +46,6 @@ VOLUME_REL_FLOOR = 0.05
 VOLUME_ABS_FLOOR_ML = 0.1
 LOGIT_FLOOR = 0.1
 DEFAULT_GPU_PASSES = 8  # the TTA passes of a CUDA predictor unless configured
-# the marker reader's probabilities of the markers whose darker parts the network tends to leave out of the mask
-HETEROGENEITY_FEATURES = tuple(PROBABILITY_FEATURES[name] for name in
-                               ("swirl", "blend", "fluid_level", "hypodensity", "heterogeneous_density"))
 
 
 @dataclass(frozen=True)
@@ -117,8 +110,6 @@ class UncertaintySettings(BaseModel):
     level: float = Field(0.9, gt=0, lt=1, description="nominal coverage of the intervals")
     volume: IntervalScale = Field(default_factory=IntervalScale)
     probability: IntervalScale = Field(default_factory=IntervalScale)
-    volume_heterogeneity_weight: float = Field(
-        0.0, ge=0, description="share of the volume added to the volume scale per unit of heterogeneity")
     max_probability_width: float = Field(0.4, gt=0, description="abstain above this probability interval width")
     max_volume_width_rel: float = Field(0.6, gt=0, description="abstain above this volume width / volume ...")
     max_volume_width_ml: float = Field(6.0, gt=0, description="... and above this width, mL")
@@ -151,23 +142,10 @@ def _logit(p: float) -> float:
     return math.log(q / (1 - q))
 
 
-def heterogeneity(features: Mapping[str, float]) -> float:
-    """0-1: the largest of the marker reader's probabilities in :data:`HETEROGENEITY_FEATURES` (0 without them)."""
-    values = [float(features[k]) for k in HETEROGENEITY_FEATURES if features.get(k) is not None]
-    return min(max(max(values, default=0.0), 0.0), 1.0)
-
-
-def volume_scale(estimate_ml: float, samples_ml: Sequence[float], heterogeneity: float = 0.0,
-                 weight: float = 0.0) -> float:
-    """Normalising scale (mL) of the volume interval: TTA SD + (5 % + ``weight`` x ``heterogeneity``) of the
-    estimate + 0.1 mL."""
+def volume_scale(estimate_ml: float, samples_ml: Sequence[float]) -> float:
+    """Normalising scale (mL) of the volume interval: TTA SD + 5 % of the estimate + 0.1 mL."""
     sd = float(np.std(samples_ml, ddof=1)) if len(samples_ml) > 1 else 0.0
-    return scale_from_sd(sd, estimate_ml, heterogeneity, weight)
-
-
-def scale_from_sd(sd_ml: float, estimate_ml: float, heterogeneity: float, weight: float) -> float:
-    """:func:`volume_scale` from the TTA SD of the volume (mL)."""
-    return sd_ml + (VOLUME_REL_FLOOR + weight * heterogeneity) * estimate_ml + VOLUME_ABS_FLOOR_ML
+    return sd + VOLUME_REL_FLOOR * estimate_ml + VOLUME_ABS_FLOOR_ML
 
 
 def probability_scale(samples: Sequence[float]) -> float:
@@ -176,12 +154,12 @@ def probability_scale(samples: Sequence[float]) -> float:
     return (float(np.std(logits, ddof=1)) if len(logits) > 1 else 0.0) + LOGIT_FLOOR
 
 
-def interval(kind: str, estimate: float, samples: Sequence[float], settings: UncertaintySettings,
-             heterogeneity: float = 0.0) -> tuple[float, float]:
+def interval(kind: str, estimate: float, samples: Sequence[float], settings: UncertaintySettings
+             ) -> tuple[float, float]:
     """``kind`` "volume" (mL, clipped at 0) or "probability" (0-1, via logits): ``estimate - q_below s`` to
     ``estimate + q_above s`` (module docstring)."""
     if kind == "volume":
-        s = volume_scale(estimate, samples, heterogeneity, settings.volume_heterogeneity_weight)
+        s = volume_scale(estimate, samples)
         below, above = settings.sides(settings.volume)
         return (round(max(0.0, estimate - below * s), 4), round(estimate + above * s, 4))
     s = probability_scale(samples)
@@ -258,8 +236,7 @@ def add_uncertainty(predictor: Any, series: Any, prepared: Any, raw: Any, result
             volumes.append(volume)
             if probability is not None:
                 probabilities.append(probability)
-        result.volume_interval_ml = interval("volume", result.volume_ml, volumes, settings,
-                                             heterogeneity(result.clot_features))
+        result.volume_interval_ml = interval("volume", result.volume_ml, volumes, settings)
         result.probability_interval = interval("probability", result.probability, probabilities, settings)
     result.abstain_reasons = abstain_reasons(
         touches_fov_edge=result.touches_fov_edge, infratentorial=result.infratentorial,

@@ -8,8 +8,7 @@ detected true haematomas are scored (a detection on a head without haemorrhage i
 
 * ``--fit``: the conformal quantiles ``q`` of the normalised errors (volume and probability) at ``--level`` and,
   for the volume, one quantile per side (``q_below``, ``q_above`` at ``(1 + level) / 2``: the volume errors are
-  skewed; ``--symmetric`` fits ``q`` alone) with the heterogeneity weight of the volume scale, of
-  ``--heterogeneity-weights``, whose intervals are narrowest on the cohort; the abstention limits that only ``--abstain-rate`` of the scored
+  skewed; ``--symmetric`` fits ``q`` alone); the abstention limits that only ``--abstain-rate`` of the scored
   scans exceed: the probability-interval width (``max_probability_width``: the interval mostly measures the
   model's error against the image-only risk, so a fixed limit would abstain on nearly every answer) and the
   volume-interval width relative to the volume (``max_volume_width_rel``); and the range of every image
@@ -54,7 +53,6 @@ def _scans(manifest: Path, followup: bool, n: int | None, offset: int = 0) -> li
 def _predict_all(args: argparse.Namespace) -> dict[str, Any]:
     from app.inference import Predictor
     from app.ingestion import load_series
-    from app.model import uncertainty
 
     scans = _scans(args.manifest, args.followup, args.n, args.offset)
     tta = Predictor.from_registry(args.weights_dir, args.version, args.device, compile=args.compile,
@@ -74,12 +72,8 @@ def _predict_all(args: argparse.Namespace) -> dict[str, Any]:
             timings.append({"with_tta_s": with_tta, "without_s": time.perf_counter() - t0})
         scan.update(detected=r.detected, volume_ml=r.volume_ml, probability=r.probability,
                     volume_interval_ml=r.volume_interval_ml, probability_interval=r.probability_interval,
-                    statistics=r.image_statistics, heterogeneity=uncertainty.heterogeneity(r.clot_features),
+                    statistics=r.image_statistics,
                     volume_scale=_scale(tta, r, "volume"), probability_scale=_scale(tta, r, "probability"))
-        if scan["volume_scale"] is not None:  # the TTA SD, so that a fit can try other heterogeneity weights
-            w = tta.uncertainty.volume_heterogeneity_weight
-            scan["volume_tta_sd"] = max(0.0, scan["volume_scale"] - uncertainty.scale_from_sd(
-                0.0, r.volume_ml, scan["heterogeneity"], w))
         print(f"[{i + 1}/{len(scans)}] {scan['case_id']} {scan['scan']}: {r.volume_ml:.2f} mL "
               f"(truth {scan['volume_true_ml']:.2f}) interval {r.volume_interval_ml}", flush=True)
     return {"passes": args.passes, "scans": scans, "timings": timings}
@@ -104,28 +98,15 @@ def _scored(scan: dict[str, Any]) -> bool:
     return bool(scan.get("detected")) and scan.get("volume_scale") is not None and scan["volume_true_ml"] > 0
 
 
-def _volume_scale(scan: dict[str, Any], weight: float) -> float:
-    """The scan's volume scale under heterogeneity weight ``weight``, from its TTA SD (caches without one were
-    predicted with weight 0, so the SD is the stored scale less the fixed terms)."""
-    from app.model.uncertainty import scale_from_sd
-
-    h = float(scan.get("heterogeneity") or 0.0)
-    sd = scan.get("volume_tta_sd")
-    if sd is None:
-        sd = max(0.0, scan["volume_scale"] - scale_from_sd(0.0, scan["volume_ml"], h, 0.0))
-    return scale_from_sd(float(sd), scan["volume_ml"], h, weight)
-
-
-def _scores(scans: list[dict[str, Any]], weight: float = 0.0) -> tuple[list[float], list[float]]:
-    """Signed normalised volume errors ``(truth - estimate) / s`` (heterogeneity weight ``weight``) and absolute
-    normalised probability errors."""
+def _scores(scans: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Signed normalised volume errors ``(truth - estimate) / s`` and absolute normalised probability errors."""
     from app.model.uncertainty import _logit
 
     vol, prob = [], []
     for s in scans:
         if not _scored(s):
             continue
-        vol.append((s["volume_true_ml"] - s["volume_ml"]) / _volume_scale(s, weight))
+        vol.append((s["volume_true_ml"] - s["volume_ml"]) / s["volume_scale"])
         if s.get("risk_image") is not None and s.get("probability_scale"):
             prob.append(abs(_logit(s["risk_image"]) - _logit(s["probability"])) / s["probability_scale"])
     return vol, prob
@@ -146,7 +127,7 @@ def _intervals(scan: dict[str, Any], settings: Any) -> tuple[Any, Any]:
     vol = prob = None
     if scan.get("volume_scale") is not None:
         below, above = settings.sides(settings.volume)
-        s = _volume_scale(scan, settings.volume_heterogeneity_weight)
+        s = scan["volume_scale"]
         vol = (max(0.0, scan["volume_ml"] - below * s), scan["volume_ml"] + above * s)
     if scan.get("probability_scale") is not None and scan.get("probability") is not None:
         below, above = settings.sides(settings.probability)
@@ -180,7 +161,6 @@ def _report(data: dict[str, Any], settings: Any) -> dict[str, Any]:
     return {
         "level": settings.level, "q_volume": round(settings.quantile(settings.volume), 4),
         "q_volume_below": round(below, 4), "q_volume_above": round(above, 4),
-        "volume_heterogeneity_weight": settings.volume_heterogeneity_weight,
         "q_probability": round(settings.quantile(settings.probability), 4),
         "passes": data["passes"], "scans": len(data["scans"]), "scans_scored": len(scans),
         "detections_without_haematoma": sum(1 for s in data["scans"] if s.get("detected")
@@ -208,8 +188,8 @@ def _width_limits(data: dict[str, Any], block: dict[str, Any], abstain_rate: flo
 
     from app.model.uncertainty import UncertaintySettings
 
-    keys = ("level", "volume", "probability", "volume_heterogeneity_weight")
-    settings = UncertaintySettings.model_validate({k: v for k, v in block.items() if k in keys})
+    settings = UncertaintySettings.model_validate({k: v for k, v in block.items()
+                                                   if k in ("level", "volume", "probability")})
     intervals = [(s, *_intervals(s, settings)) for s in data["scans"] if _scored(s)]
     widths = {"max_probability_width": [p[1] - p[0] for _, _, p in intervals if p is not None],
               "max_volume_width_rel": [(v[1] - v[0]) / s["volume_ml"] for s, v, _ in intervals
@@ -218,35 +198,9 @@ def _width_limits(data: dict[str, Any], block: dict[str, Any], abstain_rate: flo
             for key, w in widths.items() if len(w) >= 10}
 
 
-def _one_sided(vol: list[float], level: float) -> tuple[float, float]:
-    """``(q_below, q_above)``: conformal quantiles at ``(1 + level) / 2`` of each side's normalised error, never
-    inside the estimate."""
-    side = (1.0 + level) / 2.0
-    return max(0.0, _conformal_q([-v for v in vol], side)), max(0.0, _conformal_q(vol, side))
-
-
-def _heterogeneity_weight(data: dict[str, Any], level: float, weights: list[float]) -> float:
-    """The heterogeneity weight of ``weights`` whose one-sided intervals, fitted at ``level``, are narrowest on
-    average over the cohort's scored scans (each covers the level by construction)."""
-    import numpy as np
-
-    scans = [s for s in data["scans"] if _scored(s)]
-    best, best_width = 0.0, math.inf
-    for w in weights:
-        below, above = _one_sided(_scores(scans, w)[0], level)
-        width = float(np.mean([min(below * _volume_scale(s, w), s["volume_ml"]) + above * _volume_scale(s, w)
-                               for s in scans]))
-        if width < best_width - 1e-9:
-            best, best_width = w, width
-    return best
-
-
 def _fit(data: dict[str, Any], level: float, manifest: Path, abstain_rate: float = 0.1,
-         symmetric: bool = False, heterogeneity_weights: list[float] | None = None) -> dict[str, Any]:
-    weight = 0.0
-    if heterogeneity_weights and not symmetric and any(_scored(s) for s in data["scans"]):
-        weight = _heterogeneity_weight(data, level, heterogeneity_weights)
-    vol, prob = _scores(data["scans"], weight)
+         symmetric: bool = False) -> dict[str, Any]:
+    vol, prob = _scores(data["scans"])
     stats: dict[str, list[float]] = {}
     for s in data["scans"]:
         for k, v in (s.get("statistics") or {}).items():
@@ -258,14 +212,12 @@ def _fit(data: dict[str, Any], level: float, manifest: Path, abstain_rate: float
         "level": level,
         "volume": {"q": _conformal_q([abs(v) for v in vol], level), "fitted_on": where, "n": len(vol)},
         "probability": {"q": _conformal_q(prob, level), "fitted_on": where, "n": len(prob)},
-        "volume_heterogeneity_weight": weight,
         "image_statistics": ranges,
     }
-    if not symmetric and vol:
-        block["volume"]["q_below"], block["volume"]["q_above"] = _one_sided(vol, level)
-        if heterogeneity_weights:
-            block["volume"]["fitted_on"] += (f"; heterogeneity weight {weight:g}, the narrowest of "
-                                             f"{', '.join(f'{w:g}' for w in heterogeneity_weights)}")
+    if not symmetric and vol:  # one conformal quantile per side, each at (1 + level) / 2; never inside the estimate
+        side = (1.0 + level) / 2.0
+        block["volume"]["q_below"] = max(0.0, _conformal_q([-v for v in vol], side))
+        block["volume"]["q_above"] = max(0.0, _conformal_q(vol, side))
     if block["probability"]["q"] is None:
         del block["probability"]
     limits = _width_limits(data, block, abstain_rate)
@@ -301,8 +253,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.fit:
         print(json.dumps(_report(data, UncertaintySettings.from_manifest(manifest))))
         return 0
-    weights = [float(w) for w in args.heterogeneity_weights.split(",") if w.strip()]
-    block = _fit(data, args.level, args.manifest, args.abstain_rate, args.symmetric, weights)
+    block = _fit(data, args.level, args.manifest, args.abstain_rate, args.symmetric)
     current = manifest.get("uncertainty", {})
     block = {**current, **{k: v for k, v in block.items() if v is not None}}
     UncertaintySettings.model_validate(block)
@@ -333,9 +284,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", action="store_true", help="fit the settings (else: report coverage and cost)")
     p.add_argument("--symmetric", action="store_true",
                    help="with --fit: one volume quantile for both sides (default: one per side)")
-    p.add_argument("--heterogeneity-weights", default="0,0.25,0.5,1,2",
-                   help="with --fit: heterogeneity weights of the volume scale to try (the narrowest intervals "
-                   "win; '0' keeps the scale of older weights)")
     p.add_argument("--write", action="store_true", help="with --fit: write the block into the weights manifest")
     p.add_argument("--samples", type=Path, default=None, help="cache of the per-scan predictions (JSON)")
     p.add_argument("--rerun", action="store_true", help="predict again even when --samples exists")
