@@ -151,6 +151,7 @@ def test_fit_gives_each_side_of_the_volume_interval_its_own_quantile(tmp_path) -
     fit = draw(11)
     block = _fit({"passes": 4, "scans": fit, "timings": []}, 0.9, tmp_path / "val" / "manifest.csv", 0.1)
     volume = block["volume"]
+    assert "probability" not in block and "max_probability_width" not in block, "no probability truth: no limit"
     assert volume["q_above"] > 3 * volume["q_below"] > 0 and volume["q_below"] < volume["q"] < volume["q_above"]
     settings = uncertainty.UncertaintySettings.model_validate(block)
     rel = np.array([np.diff(_intervals(s, settings)[0])[0] / s["volume_ml"] for s in fit])

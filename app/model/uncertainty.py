@@ -157,16 +157,24 @@ def probability_scale(samples: Sequence[float]) -> float:
 def interval(kind: str, estimate: float, samples: Sequence[float], settings: UncertaintySettings
              ) -> tuple[float, float]:
     """``kind`` "volume" (mL, clipped at 0) or "probability" (0-1, via logits): ``estimate - q_below s`` to
-    ``estimate + q_above s`` (module docstring)."""
+    ``estimate + q_above s`` (module docstring), ``s`` from the TTA ``samples``; rounded for the answer."""
     if kind == "volume":
-        s = volume_scale(estimate, samples)
+        lo, hi = interval_from_scale("volume", estimate, volume_scale(estimate, samples), settings)
+        return (round(lo, 4), round(hi, 4))
+    lo, hi = interval_from_scale("probability", estimate, probability_scale(samples), settings)
+    return (round(lo, 6), round(hi, 6))
+
+
+def interval_from_scale(kind: str, estimate: float, scale: float, settings: UncertaintySettings
+                        ) -> tuple[float, float]:
+    """:func:`interval` from the normalising scale ``scale`` (mL for the volume, logits for the probability)."""
+    if kind == "volume":
         below, above = settings.sides(settings.volume)
-        return (round(max(0.0, estimate - below * s), 4), round(estimate + above * s, 4))
-    s = probability_scale(samples)
+        return (max(0.0, estimate - below * scale), estimate + above * scale)
     below, above = settings.sides(settings.probability)
     centre = _logit(estimate)
-    lo, hi = (1.0 / (1.0 + math.exp(-(centre + k))) for k in (-below * s, above * s))
-    return (round(lo, 6), round(hi, 6))
+    lo, hi = (1.0 / (1.0 + math.exp(-(centre + k))) for k in (-below * scale, above * scale))
+    return (lo, hi)
 
 
 # --- image statistics and abstention ------------------------------------------------------------------------

@@ -122,17 +122,13 @@ def _conformal_q(scores: list[float], level: float) -> float | None:
 
 def _intervals(scan: dict[str, Any], settings: Any) -> tuple[Any, Any]:
     """The scan's intervals under ``settings`` (its quantiles), from the stored estimates and scales."""
-    from app.model.uncertainty import _logit
+    from app.model.uncertainty import interval_from_scale
 
     vol = prob = None
     if scan.get("volume_scale") is not None:
-        below, above = settings.sides(settings.volume)
-        s = scan["volume_scale"]
-        vol = (max(0.0, scan["volume_ml"] - below * s), scan["volume_ml"] + above * s)
+        vol = interval_from_scale("volume", scan["volume_ml"], scan["volume_scale"], settings)
     if scan.get("probability_scale") is not None and scan.get("probability") is not None:
-        below, above = settings.sides(settings.probability)
-        s, c = scan["probability_scale"], _logit(scan["probability"])
-        prob = tuple(1.0 / (1.0 + math.exp(-(c + k))) for k in (-below * s, above * s))
+        prob = interval_from_scale("probability", scan["probability"], scan["probability_scale"], settings)
     return vol, prob
 
 
@@ -191,9 +187,10 @@ def _width_limits(data: dict[str, Any], block: dict[str, Any], abstain_rate: flo
     settings = UncertaintySettings.model_validate({k: v for k, v in block.items()
                                                    if k in ("level", "volume", "probability")})
     intervals = [(s, *_intervals(s, settings)) for s in data["scans"] if _scored(s)]
-    widths = {"max_probability_width": [p[1] - p[0] for _, _, p in intervals if p is not None],
-              "max_volume_width_rel": [(v[1] - v[0]) / s["volume_ml"] for s, v, _ in intervals
+    widths = {"max_volume_width_rel": [(v[1] - v[0]) / s["volume_ml"] for s, v, _ in intervals
                                        if v is not None and s["volume_ml"] > 0]}
+    if "probability" in block:  # only with a probability quantile fitted on this cohort
+        widths["max_probability_width"] = [p[1] - p[0] for _, _, p in intervals if p is not None]
     return {key: float(math.ceil(float(np.quantile(w, 1.0 - abstain_rate)) * 100.0) / 100.0)
             for key, w in widths.items() if len(w) >= 10}
 
