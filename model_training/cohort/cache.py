@@ -7,7 +7,10 @@ Entries are ``.npz`` files under ``<cache_dir>/<plans fingerprint[:16]>/`` named
 fingerprint and of the identity (resolved path, size, modification time) of every source file, so a change of
 plans or of any input file produces a new entry and stale entries are never read. Writes are atomic.
 
-Arrays: ``tensor`` float32 (D, H, W) = plans.matrix_zyx (z-y-x), ``mask`` uint8 (D, H, W) on the same grid.
+Arrays: ``tensor`` float32 (D, H, W) = plans.matrix_zyx (z-y-x), ``mask`` uint8 (D, H, W) on the same grid; for a
+case with a structure label map (synthetic cohorts) also ``dark`` and ``ivh`` uint8 (D, H, W): the clot's darker
+parts (hypodense focus, swirl, the darker side of a blend, the serum of a fluid level, heterogeneous foci) and the
+intraventricular blood that the haematoma mask leaves out, which the structure-weighted Dice loss emphasises.
 
 The default cache directory is in the user's cache directory
 (:func:`model_training.cohort.cache_dir.default_cache_dir`), not in the working directory, so that a checkout
@@ -32,12 +35,15 @@ import SimpleITK as sitk
 from app.preprocessing.plans import Plans
 from model_training.cohort.cache_dir import default_cache_dir
 from model_training.cohort.manifest import CaseRecord
+from model_training.synthetic.haematoma import STRUCTURE_LABELS
 
 __all__ = ["NIFTI_SUFFIXES", "CachedCase", "build_cache", "cache_key", "cache_path", "default_cache_dir",
-           "load_cached", "preprocess_case", "read_image_hu"]
+           "load_cached", "preprocess_case", "preprocess_case_arrays", "read_image_hu"]
 
 log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+DARK_PARTS = tuple(STRUCTURE_LABELS[k] for k in ("hypodense_focus", "swirl", "blend_hypo", "fluid_hypo",
+                                                  "heterogeneous_focus"))
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ def cache_key(case: CaseRecord, plans: Plans) -> str:
         "image": _file_identity(case.image),
         "mask": _file_identity(case.mask),
     }
+    if case.structure_labels is not None:
+        payload["structure_labels"] = _file_identity(case.structure_labels)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -90,13 +98,28 @@ def read_image_hu(path: Path) -> sitk.Image:
 
 def preprocess_case(case: CaseRecord, plans: Plans) -> tuple[np.ndarray, np.ndarray]:
     """(tensor float32 (D,H,W), mask uint8 (D,H,W)) of one case on the model grid of ``plans``."""
+    arrays = preprocess_case_arrays(case, plans)
+    return arrays["tensor"], arrays["mask"]
+
+
+def preprocess_case_arrays(case: CaseRecord, plans: Plans) -> dict[str, np.ndarray]:
+    """The cache entry of one case: ``tensor`` and ``mask``, plus ``dark`` and ``ivh`` when the case has a
+    structure label map (each label resampled to the model grid by the mask's rule)."""
     from app.preprocessing.pipeline import preprocess, resample_label_to_model_grid
 
     image = read_image_hu(case.image)
     pre = preprocess(image, plans)
     label = sitk.ReadImage(str(case.mask))
     mask = resample_label_to_model_grid(label, pre.grid)
-    return pre.tensor.astype(np.float32, copy=False), (mask > 0).astype(np.uint8)
+    out = {"tensor": pre.tensor.astype(np.float32, copy=False), "mask": (mask > 0).astype(np.uint8)}
+    if case.structure_labels is not None:
+        structures = sitk.ReadImage(str(case.structure_labels), sitk.sitkUInt8)
+        codes = sitk.GetArrayViewFromImage(structures)
+        for name, values in (("dark", DARK_PARTS), ("ivh", (STRUCTURE_LABELS["ivh"],))):
+            selected = sitk.GetImageFromArray(np.isin(codes, values).astype(np.uint8))
+            selected.CopyInformation(structures)
+            out[name] = resample_label_to_model_grid(selected, pre.grid)
+    return out
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -116,8 +139,7 @@ def _build_one(case: CaseRecord, plans_json: str, cache_dir: str) -> str:
     plans = Plans.model_validate_json(plans_json)
     out = cache_path(Path(cache_dir), case, plans)
     if not out.exists():
-        tensor, mask = preprocess_case(case, plans)
-        _atomic_savez(out, tensor=tensor, mask=mask)
+        _atomic_savez(out, **preprocess_case_arrays(case, plans))
     return str(out)
 
 

@@ -19,14 +19,19 @@ from model_training.cohort.manifest import CaseRecord
 class CachedCaseDataset(Dataset):
     """Cached cases x ``aug_copies``; every item carries its augmentation ``theta`` (applied on the device).
 
-    Items: ``image`` float32 (1, D, H, W), ``mask`` float32 (1, D, H, W), ``label`` float32 scalar (-1: no
+    Items: ``image`` float32 (1, D, H, W), ``mask`` float32 (1, D, H, W), ``weight`` float32 (1, D, H, W) the
+    voxel weights of the Dice loss (1 + ``dark_weight`` on the clot's darker parts + ``ivh_weight`` on the
+    intraventricular blood, where the cache entry has those maps; 1 elsewhere), ``label`` float32 scalar (-1: no
     expansion label, a head without haematoma), ``aux`` float32 (n_aux,) auxiliary targets (-1 unknown),
     ``theta`` float32 (3, 4), ``augmented`` bool, ``index`` int (case index).
     """
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[int | None], plans: Plans,
-                 aug: AugmentationPlan | None, aux: Sequence[Sequence[float]] | None = None):
+                 aug: AugmentationPlan | None, aux: Sequence[Sequence[float]] | None = None, *,
+                 dark_weight: float = 0.0, ivh_weight: float = 0.0):
         self.paths = [Path(p) for p in paths]
+        self.dark_weight = float(dark_weight)
+        self.ivh_weight = float(ivh_weight)
         self.labels = [-1 if v is None else int(v) for v in labels]
         self.aux = [list(a) for a in aux] if aux is not None else [[] for _ in self.paths]
         self.fov = tuple(float(f) for f in plans.fov_mm_zyx)
@@ -45,6 +50,10 @@ class CachedCaseDataset(Dataset):
         with np.load(self.paths[case]) as z:
             image = torch.from_numpy(np.ascontiguousarray(z["tensor"], dtype=np.float32))[None]
             mask = torch.from_numpy(np.ascontiguousarray(z["mask"], dtype=np.float32))[None]
+            weight = torch.ones_like(mask)
+            for name, w in (("dark", self.dark_weight), ("ivh", self.ivh_weight)):
+                if w and name in z.files:
+                    weight += w * torch.from_numpy(np.ascontiguousarray(z[name], dtype=np.float32))[None]
         augmented = bool(self.aug and self.aug.is_augmented(copy))
         if augmented:
             theta = torch.from_numpy(self.aug.theta_for(self.epoch, case, copy, self.fov)).float()  # type: ignore[union-attr]
@@ -53,6 +62,7 @@ class CachedCaseDataset(Dataset):
         return {
             "image": image,
             "mask": mask,
+            "weight": weight,
             "label": torch.tensor(float(self.labels[case])),
             "aux": torch.tensor(self.aux[case], dtype=torch.float32),
             "theta": theta,

@@ -14,15 +14,23 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_dice_loss(seg_logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(seg_logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of ``1 - (2 |P∩T| + eps) / (|P| + |T| + eps)`` with P = sigmoid(logits) (soft).
 
     ``eps`` (in voxels) keeps the loss defined and smooth for empty masks: an empty target predicted empty costs 0.
-    Computed in float32 whatever the autocast dtype.
+    ``weight`` (same shape as ``target``, >= 0) makes every sum a weighted sum: a voxel of weight 3 counts as three,
+    so a missed voxel of the target or a false positive there costs three times as much. Computed in float32
+    whatever the autocast dtype.
     """
     p = torch.sigmoid(seg_logits.float()).flatten(1)
     t = target.float().flatten(1)
-    inter = (p * t).sum(1)
+    if weight is not None:
+        w = weight.float().flatten(1)
+        p, t = p * w, t * w
+        inter = (p * target.float().flatten(1)).sum(1)
+    else:
+        inter = (p * t).sum(1)
     dice = (2 * inter + eps) / (p.sum(1) + t.sum(1) + eps)
     return (1 - dice).mean()
 
@@ -60,11 +68,12 @@ def dual_loss(
     aux_logits: torch.Tensor | None = None,
     aux_target: torch.Tensor | None = None,
     aux_weight: float = 0.0,
+    voxel_weight: torch.Tensor | None = None,
 ) -> LossParts:
     """``seg_weight`` x Dice loss(mask) + ``cls_weight`` x BCE(expansion label) [+ ``aux_weight`` x BCE of the
     auxiliary outputs]. ``label`` has shape (N,) or (N, 1); a label < 0 (unknown) adds no classification loss.
-    ``pos_weight`` weighs the positive class (class balance)."""
-    dice = soft_dice_loss(seg_logits, mask)
+    ``pos_weight`` weighs the positive class (class balance); ``voxel_weight`` weighs the Dice loss's voxels."""
+    dice = soft_dice_loss(seg_logits, mask, weight=voxel_weight)
     bce = masked_bce(cls_logits, label, pos_weight)
     total = seg_weight * dice + cls_weight * bce
     aux = None

@@ -35,6 +35,10 @@ class Schedule(BaseModel):
     # set's negatives / positives
     cls_pos_weight: float | Literal["balanced"] | None = None
     aux_weight: float = 0.0  # weight of the auxiliary BCE (the NCCT markers + intraventricular extension)
+    # extra Dice-loss weight of the voxels of the clot's darker parts and of the intraventricular blood outside the
+    # mask (cohorts with structure labels); 0 = the paper's unweighted Dice
+    dark_weight: float = Field(0.0, ge=0)
+    ivh_weight: float = Field(0.0, ge=0)
     weight_decay: float = 0.0
     amp: bool = True  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler); ignored on CPU
     channels_last_3d: bool = False
@@ -104,6 +108,19 @@ PRESETS: dict[str, Preset] = {
         schedule=Schedule(epochs=6, lr=3e-4, milestones=(4,), aug_copies=1, include_original=False,
                           seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
                           val_fraction=0.1),
+    ),
+    "cpu-structure-finetune": Preset(
+        name="cpu-structure-finetune",
+        description="Continues cpu-region-pooling (--init-weights) on a cohort with structure labels: the Dice "
+        "loss weighs the clot's darker parts (hypodense focus, swirl, the darker side of a blend, the serum of a "
+        "fluid level, heterogeneous foci) and the intraventricular blood outside the mask 3x (voxel weight 1 + 2), "
+        "which the unweighted loss let the network leave out of, or take into, the mask; other losses as "
+        "cpu-region-pooling; 3 epochs, every pass randomly augmented, Adam lr 1e-4 divided by 10 for the last.",
+        plans_overrides=CPU96_PLANS_OVERRIDES,
+        model=CPU96_REGION_MODEL,
+        schedule=Schedule(epochs=3, lr=1e-4, milestones=(2,), aug_copies=1, include_original=False,
+                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
+                          dark_weight=2.0, ivh_weight=2.0, val_fraction=0.1),
     ),
     "smoke": Preset(
         name="smoke",

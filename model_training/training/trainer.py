@@ -250,7 +250,8 @@ def _build_data(run: _Run) -> tuple[CachedCaseDataset, DistributedSampler, DataL
     paths = [cache_path(options.cache_dir, c, run.plans) for c in cases]
     aug = AugmentationPlan(aug_copies=sched.aug_copies, include_original=sched.include_original, seed=options.seed)
     aux = [aux_targets(c, run.preset.model.aux_outputs) for c in cases]
-    dataset = CachedCaseDataset(paths, [c.label for c in cases], run.plans, aug, aux)
+    dataset = CachedCaseDataset(paths, [c.label for c in cases], run.plans, aug, aux,
+                                dark_weight=sched.dark_weight, ivh_weight=sched.ivh_weight)
     pos_weight = class_pos_weight(sched.cls_pos_weight, [c.label for c in cases])
     sampler = DistributedSampler(dataset, num_replicas=run.env.world_size, rank=run.env.rank, shuffle=True,
                                  seed=options.seed, drop_last=False)
@@ -318,14 +319,17 @@ def _train_one_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
         x = batch["image"].to(device, non_blocking=True)
         m = batch["mask"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
-        x, m = augment_batch(x, m, batch["theta"], batch["augmented"])
+        w = batch["weight"].to(device, non_blocking=True) if sched.dark_weight or sched.ivh_weight else None
+        x, m, *rest = augment_batch(x, m, batch["theta"], batch["augmented"], w)
+        w = rest[0] if rest else None
         if sched.channels_last_3d:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         ctx, _ = training_autocast(device, sched.amp)
         with ctx:
             seg, cls, aux_logits = state.net(x, with_aux=True)
         parts = dual_loss(seg, cls, m, y, sched.seg_weight, sched.cls_weight, pos_weight=state.pos_weight,
-                          aux_logits=aux_logits, aux_target=batch["aux"].to(device), aux_weight=sched.aux_weight)
+                          aux_logits=aux_logits, aux_target=batch["aux"].to(device), aux_weight=sched.aux_weight,
+                          voxel_weight=w)
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(parts.total).backward()
         state.scaler.step(state.optimizer)
