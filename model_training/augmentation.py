@@ -130,23 +130,22 @@ class AugmentationPlan:
 def augment_batch(
     image: torch.Tensor, mask: torch.Tensor, thetas: torch.Tensor, augmented: torch.Tensor,
     weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Apply per-sample ``thetas`` (N, 3, 4) to the samples flagged in ``augmented`` (N,) bool; others untouched.
 
-    Returns ``(image, mask)``, or ``(image, mask, weight)`` when a voxel-weight map (N, 1, D, H, W) is given: it is
-    resampled trilinearly like the image, and reads 1 (the neutral weight) outside the source volume.
+    Returns ``(image, mask, weight)``. A voxel-weight map (N, 1, D, H, W; None passes through) is resampled
+    trilinearly like the image and reads 1 (the neutral weight) outside the source volume.
     """
     if not bool(augmented.any()):
-        return (image, mask) if weight is None else (image, mask, weight)
+        return image, mask, weight
     idx = torch.nonzero(augmented.to(image.device), as_tuple=False).flatten()
     img_t, mask_t = apply_affine(image[idx], mask[idx], thetas[idx])
     image = image.clone()
     mask = mask.clone()
     image[idx] = img_t
     mask[idx] = mask_t  # type: ignore[assignment]
-    if weight is None:
-        return image, mask
-    weight_t, _ = apply_affine(weight[idx] - 1.0, None, thetas[idx])
-    weight = weight.clone()
-    weight[idx] = weight_t + 1.0
+    if weight is not None:
+        weight_t, _ = apply_affine(weight[idx] - 1.0, None, thetas[idx])
+        weight = weight.clone()
+        weight[idx] = weight_t + 1.0
     return image, mask, weight

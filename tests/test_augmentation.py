@@ -79,6 +79,7 @@ def test_augment_batch_leaves_unflagged_samples_untouched(rng):
     x = torch.from_numpy(rng.normal(size=(2, 1, 8, 16, 16)).astype(np.float32))
     m = (x > 1).float()
     thetas = torch.stack([torch.from_numpy(random_theta(np.random.default_rng(i), FOV)).float() for i in range(2)])
-    y, mm = augment_batch(x, m, thetas, torch.tensor([False, True]))
+    y, mm, none = augment_batch(x, m, thetas, torch.tensor([False, True]))
+    assert none is None
     assert torch.equal(y[0], x[0]) and torch.equal(mm[0], m[0])
     assert not torch.equal(y[1], x[1])

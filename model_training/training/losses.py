@@ -25,13 +25,8 @@ def soft_dice_loss(seg_logits: torch.Tensor, target: torch.Tensor, eps: float = 
     """
     p = torch.sigmoid(seg_logits.float()).flatten(1)
     t = target.float().flatten(1)
-    if weight is not None:
-        w = weight.float().flatten(1)
-        p, t = p * w, t * w
-        inter = (p * target.float().flatten(1)).sum(1)
-    else:
-        inter = (p * t).sum(1)
-    dice = (2 * inter + eps) / (p.sum(1) + t.sum(1) + eps)
+    w = torch.ones_like(t) if weight is None else weight.float().flatten(1)
+    dice = (2 * (w * p * t).sum(1) + eps) / ((w * p).sum(1) + (w * t).sum(1) + eps)
     return (1 - dice).mean()
 
 

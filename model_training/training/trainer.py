@@ -320,8 +320,7 @@ def _train_one_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
         m = batch["mask"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
         w = batch["weight"].to(device, non_blocking=True) if sched.dark_weight or sched.ivh_weight else None
-        x, m, *rest = augment_batch(x, m, batch["theta"], batch["augmented"], w)
-        w = rest[0] if rest else None
+        x, m, w = augment_batch(x, m, batch["theta"], batch["augmented"], w)
         if sched.channels_last_3d:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         ctx, _ = training_autocast(device, sched.amp)
