@@ -13,11 +13,12 @@ import torch
 from app.preprocessing.plans import Plans
 from model_training.augmentation import augment_batch, random_theta
 from model_training.cli import main
-from model_training.cohort.cache import build_cache, cache_key
+from model_training.cohort.cache import DARK_PARTS, build_cache, cache_key
 from model_training.cohort.manifest import read_manifest
-from model_training.training.data import CachedCaseDataset
+from model_training.synthetic.haematoma import STRUCTURE_LABELS
+from model_training.training.data import CachedCaseDataset, dark_part_weights
 from model_training.training.losses import soft_dice_loss
-from model_training.training.presets import get_preset
+from model_training.training.presets import Schedule, get_preset
 
 FOV = (160.0, 112.0, 112.0)
 SMOKE_PLANS = Plans(name="zhong2021-smoke48", matrix_zyx=(16, 48, 48), interpolation="linear")
@@ -75,13 +76,28 @@ def test_cache_keeps_dark_parts_inside_and_ivh_outside_the_mask_and_dataset_weig
         assert (ivh & mask).sum() <= 0.1 * max(int(ivh.sum()), 1)  # the ventricle's blood is not in the mask
     assert dark_total > 0
 
+    assert set(np.unique(np.concatenate([np.load(p)["dark"].ravel() for p in paths]))) <= {0, *DARK_PARTS}
+
     data = CachedCaseDataset(paths, [c.label for c in cases], SMOKE_PLANS, None, dark_weight=2.0, ivh_weight=1.0)
+    per_part = CachedCaseDataset(paths, [c.label for c in cases], SMOKE_PLANS, None, dark_weight=2.0,
+                                 part_weights={"fluid_hypo": 6.0, "swirl": 0.0})
     plain = CachedCaseDataset(paths, [c.label for c in cases], SMOKE_PLANS, None)
     for i, p in enumerate(paths):
         with np.load(p) as z:
-            expected = 1 + 2.0 * z["dark"] + 1.0 * z["ivh"]
-        assert np.allclose(data[i]["weight"][0].numpy(), expected)
+            dark, ivh = z["dark"], z["ivh"]
+        assert np.allclose(data[i]["weight"][0].numpy(), 1 + 2.0 * (dark > 0) + 1.0 * ivh)
+        expected = np.where(dark == STRUCTURE_LABELS["fluid_hypo"], 7.0,
+                            np.where(dark == STRUCTURE_LABELS["swirl"], 1.0, 1 + 2.0 * (dark > 0)))
+        assert np.allclose(per_part[i]["weight"][0].numpy(), expected)
         assert torch.equal(plain[i]["weight"], torch.ones_like(plain[i]["weight"]))
+
+
+def test_part_weights_must_name_a_darker_part():
+    with pytest.raises(ValueError, match="unknown darker part"):
+        Schedule(part_weights={"haematoma": 3.0})
+    with pytest.raises(ValueError, match="unknown darker part"):
+        dark_part_weights(1.0, {"ivh": 3.0})
+    assert not Schedule().weighs_structures and Schedule(part_weights={"swirl": 1.0}).weighs_structures
 
 
 def test_cache_key_changes_with_the_structure_labels(structured_cohort):
@@ -91,7 +107,9 @@ def test_cache_key_changes_with_the_structure_labels(structured_cohort):
     assert with_labels != without
 
 
-def test_structure_finetune_preset_weighs_dark_parts_and_ivh():
+def test_structure_finetune_presets_weigh_dark_parts_and_ivh():
     sched = get_preset("cpu-structure-finetune").schedule
     assert sched.dark_weight > 0 and sched.ivh_weight > 0
+    later = get_preset("cpu-dark-parts-finetune").schedule
+    assert later.part_weights["fluid_hypo"] > later.dark_weight and later.lr < sched.lr
     assert get_preset("cpu-region-pooling").schedule.dark_weight == 0

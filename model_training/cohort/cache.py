@@ -9,8 +9,9 @@ plans or of any input file produces a new entry and stale entries are never read
 
 Arrays: ``tensor`` float32 (D, H, W) = plans.matrix_zyx (z-y-x), ``mask`` uint8 (D, H, W) on the same grid; for a
 case with a structure label map (synthetic cohorts) also ``dark`` and ``ivh`` uint8 (D, H, W): the clot's darker
-parts (hypodense focus, swirl, the darker side of a blend, the serum of a fluid level, heterogeneous foci) and the
-intraventricular blood that the haematoma mask leaves out, which the structure-weighted Dice loss emphasises.
+parts (hypodense focus, swirl, the darker side of a blend, the serum of a fluid level, heterogeneous foci), each
+voxel holding its part's STRUCTURE_LABELS code, and the intraventricular blood (0/1) that the haematoma mask leaves
+out, which the structure-weighted Dice loss emphasises.
 
 The default cache directory is in the user's cache directory
 (:func:`model_training.cohort.cache_dir.default_cache_dir`), not in the working directory, so that a checkout
@@ -42,8 +43,9 @@ __all__ = ["NIFTI_SUFFIXES", "CachedCase", "build_cache", "cache_key", "cache_pa
 
 log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
-DARK_PARTS = tuple(STRUCTURE_LABELS[k] for k in ("hypodense_focus", "swirl", "blend_hypo", "fluid_hypo",
-                                                  "heterogeneous_focus"))
+DARK_PART_NAMES = ("hypodense_focus", "swirl", "blend_hypo", "fluid_hypo", "heterogeneous_focus")
+DARK_PARTS = tuple(STRUCTURE_LABELS[k] for k in DARK_PART_NAMES)
+ENTRY_FORMAT = "dark-part-codes"  # ``dark`` holds each voxel's STRUCTURE_LABELS code, not a 0/1 union
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def cache_key(case: CaseRecord, plans: Plans) -> str:
     }
     if case.structure_labels is not None:
         payload["structure_labels"] = _file_identity(case.structure_labels)
+        payload["entry"] = ENTRY_FORMAT
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -104,7 +107,8 @@ def preprocess_case(case: CaseRecord, plans: Plans) -> tuple[np.ndarray, np.ndar
 
 def preprocess_case_arrays(case: CaseRecord, plans: Plans) -> dict[str, np.ndarray]:
     """The cache entry of one case: ``tensor`` and ``mask``, plus ``dark`` and ``ivh`` when the case has a
-    structure label map (each label resampled to the model grid by the mask's rule)."""
+    structure label map: ``dark`` the STRUCTURE_LABELS code of the darker part at each voxel (0 elsewhere), ``ivh``
+    0/1, each part resampled to the model grid by the mask's rule."""
     from app.preprocessing.pipeline import preprocess, resample_label_to_model_grid
 
     image = read_image_hu(case.image)
@@ -115,10 +119,17 @@ def preprocess_case_arrays(case: CaseRecord, plans: Plans) -> dict[str, np.ndarr
     if case.structure_labels is not None:
         structures = sitk.ReadImage(str(case.structure_labels), sitk.sitkUInt8)
         codes = sitk.GetArrayViewFromImage(structures)
-        for name, values in (("dark", DARK_PARTS), ("ivh", (STRUCTURE_LABELS["ivh"],))):
+        def on_model_grid(values: tuple[int, ...]) -> np.ndarray:
             selected = sitk.GetImageFromArray(np.isin(codes, values).astype(np.uint8))
             selected.CopyInformation(structures)
-            out[name] = resample_label_to_model_grid(selected, pre.grid)
+            return resample_label_to_model_grid(selected, pre.grid) > 0
+
+        dark = np.zeros(pre.tensor.shape, np.uint8)
+        for code in DARK_PARTS:
+            if np.any(codes == code):
+                dark[on_model_grid((code,)) & (dark == 0)] = code
+        out["dark"] = dark
+        out["ivh"] = on_model_grid((STRUCTURE_LABELS["ivh"],)).astype(np.uint8)
     return out
 
 

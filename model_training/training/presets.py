@@ -9,12 +9,13 @@ that a 2-core CPU can train them; their plans differ and are therefore recorded 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.model.config import ModelConfig
 from app.preprocessing.plans import Plans
+from model_training.cohort.cache import DARK_PART_NAMES
 
 
 class Schedule(BaseModel):
@@ -39,10 +40,25 @@ class Schedule(BaseModel):
     # mask (cohorts with structure labels); 0 = the paper's unweighted Dice
     dark_weight: float = Field(0.0, ge=0)
     ivh_weight: float = Field(0.0, ge=0)
+    # per-part overrides of dark_weight, keyed by STRUCTURE_LABELS name (e.g. {"fluid_hypo": 6.0})
+    part_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     weight_decay: float = 0.0
     amp: bool = True  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler); ignored on CPU
     channels_last_3d: bool = False
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # stratified validation split of the training cases
+
+    @field_validator("part_weights")
+    @classmethod
+    def _known_parts(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DARK_PART_NAMES))
+        if unknown:
+            raise ValueError(f"unknown darker part(s) {unknown}; known: {', '.join(DARK_PART_NAMES)}")
+        return value
+
+    @property
+    def weighs_structures(self) -> bool:
+        """True when the Dice loss uses voxel weights (some darker part or the intraventricular blood weighs)."""
+        return bool(self.dark_weight or self.ivh_weight or any(self.part_weights.values()))
 
 
 class Preset(BaseModel):
@@ -122,6 +138,19 @@ PRESETS: dict[str, Preset] = {
         schedule=Schedule(epochs=1, lr=1e-4, milestones=(), aug_copies=1, include_original=False,
                           seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
                           dark_weight=2.0, ivh_weight=2.0, val_fraction=0.1),
+    ),
+    "cpu-dark-parts-finetune": Preset(
+        name="cpu-dark-parts-finetune",
+        description="Continues cpu-structure-finetune (--init-weights) at a lower rate with the darker parts that the "
+        "network still left out weighed by how much they were missed: the serum of a fluid level 7x (voxel weight "
+        "1 + 6), the darker side of a blend and the swirl 5x, the other darker parts and the intraventricular blood "
+        "3x as before; two epochs at Adam lr 3e-5 with a checkpoint each, to be chosen on the validation split.",
+        plans_overrides=CPU96_PLANS_OVERRIDES,
+        model=CPU96_REGION_MODEL,
+        schedule=Schedule(epochs=2, lr=3e-5, milestones=(), aug_copies=1, include_original=False,
+                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
+                          dark_weight=2.0, ivh_weight=2.0,
+                          part_weights={"fluid_hypo": 6.0, "blend_hypo": 4.0, "swirl": 4.0}, val_fraction=0.1),
     ),
     "smoke": Preset(
         name="smoke",

@@ -251,7 +251,8 @@ def _build_data(run: _Run) -> tuple[CachedCaseDataset, DistributedSampler, DataL
     aug = AugmentationPlan(aug_copies=sched.aug_copies, include_original=sched.include_original, seed=options.seed)
     aux = [aux_targets(c, run.preset.model.aux_outputs) for c in cases]
     dataset = CachedCaseDataset(paths, [c.label for c in cases], run.plans, aug, aux,
-                                dark_weight=sched.dark_weight, ivh_weight=sched.ivh_weight)
+                                dark_weight=sched.dark_weight, ivh_weight=sched.ivh_weight,
+                                part_weights=sched.part_weights)
     pos_weight = class_pos_weight(sched.cls_pos_weight, [c.label for c in cases])
     sampler = DistributedSampler(dataset, num_replicas=run.env.world_size, rank=run.env.rank, shuffle=True,
                                  seed=options.seed, drop_last=False)
@@ -319,7 +320,7 @@ def _train_one_epoch(run: _Run, state: _State, epoch: int) -> dict[str, Any]:
         x = batch["image"].to(device, non_blocking=True)
         m = batch["mask"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
-        w = batch["weight"].to(device, non_blocking=True) if sched.dark_weight or sched.ivh_weight else None
+        w = batch["weight"].to(device, non_blocking=True) if sched.weighs_structures else None
         x, m, w = augment_batch(x, m, batch["theta"], batch["augmented"], w)
         if sched.channels_last_3d:
             x = x.contiguous(memory_format=torch.channels_last_3d)
