@@ -164,6 +164,21 @@ def test_preprocess_paper_plans_shape_range_and_zscore(phantom, case):
     assert np.all(case.tensor[~ndimage.binary_dilation(brain, iterations=2)] == 0.0)
 
 
+def test_unclipped_zscore_keeps_what_is_less_dense_than_the_brain(phantom, case):
+    """The "brain_zscore" option is the paper's z-score without setting negatives to zero: identical above the
+    brain's mean, and below it the densities (white matter, CSF, background) stay apart instead of all reading 0."""
+    kept = preprocess(phantom.image, Plans(normalisation="brain_zscore"))
+    assert kept.brain_mean_hu == pytest.approx(case.brain_mean_hu) and kept.brain_sd_hu == pytest.approx(case.brain_sd_hu)
+    np.testing.assert_allclose(np.maximum(kept.tensor, 0.0), case.tensor, atol=1e-6)
+    brain = kept.brain_mask.astype(bool)
+    below = kept.tensor[brain][kept.tensor[brain] < 0]
+    assert below.size > 0.2 * brain.sum() and np.unique(np.round(below, 2)).size > 20
+    background = (0.0 - kept.brain_mean_hu) / kept.brain_sd_hu
+    outside = ~ndimage.binary_dilation(brain, iterations=2)
+    assert float(np.median(kept.tensor[outside])) == pytest.approx(background, abs=1e-4)
+    assert Plans(normalisation="brain_zscore").fingerprint() != Plans().fingerprint()
+
+
 def test_fov_is_centred_on_the_brain_centroid(phantom, case):
     mask = brain_mask(phantom.image)
     stats = sitk.LabelShapeStatisticsImageFilter()

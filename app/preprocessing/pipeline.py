@@ -19,7 +19,7 @@ Order of operations (all parameters from :class:`~app.preprocessing.plans.Plans`
    ``sitk.Resample`` does it;
 5. window to ``plans.window_hu`` (default 0-100 HU);
 6. z-score with the mean and SD of the windowed values inside the brain mask on the model grid (the brain
-   inside the field of view), then negatives set to zero.
+   inside the field of view), then negatives set to zero (``plans.normalisation`` "brain_zscore" keeps them).
 
 The returned tensor is float32 (D, H, W) = (z, y, x); index z increases towards the patient's head (S) for the
 identity orientation, y towards posterior, x towards the patient's left.
@@ -185,7 +185,8 @@ def preprocess(image: sitk.Image, plans: Plans | None = None) -> PreprocessedCas
         )
     tensor -= np.float32(mean)
     tensor /= np.float32(sd)
-    np.maximum(tensor, 0.0, out=tensor)
+    if plans.normalisation == "brain_zscore_clip_negative":
+        np.maximum(tensor, 0.0, out=tensor)
     return PreprocessedCase(
         tensor=tensor,
         grid=grid,

@@ -51,7 +51,10 @@ class Plans(BaseModel):
     # otherwise overshoot by up to ~100 HU into the outer millimetre of the brain and inflate its SD.
     background_hu: float = 0.0
     window_hu: tuple[float, float] = (0.0, 100.0)
-    normalisation: Literal["brain_zscore_clip_negative"] = "brain_zscore_clip_negative"
+    # "brain_zscore_clip_negative" (the paper): z-score inside the brain, negatives set to zero, so everything less
+    # dense than the brain's mean (white matter, CSF, a fluid level's serum, much of a swirl) reads 0;
+    # "brain_zscore": the same z-score with the negatives kept, so those densities stay apart
+    normalisation: Literal["brain_zscore_clip_negative", "brain_zscore"] = "brain_zscore_clip_negative"
     skull_strip: SkullStripSettings = Field(default_factory=SkullStripSettings)
     # probability threshold for the binary haematoma mask, applied after mapping back to the original grid
     mask_threshold: float = 0.5

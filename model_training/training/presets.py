@@ -152,6 +152,20 @@ PRESETS: dict[str, Preset] = {
                           dark_weight=2.0, ivh_weight=2.0,
                           part_weights={"fluid_hypo": 6.0, "blend_hypo": 4.0, "swirl": 4.0}, val_fraction=0.1),
     ),
+    "cpu-unclipped-finetune": Preset(
+        name="cpu-unclipped-finetune",
+        description="cpu-dark-parts-finetune's loss on the z-scored input with its negatives kept (plans "
+        "normalisation brain_zscore instead of the paper's brain_zscore_clip_negative): the paper's clipping gives "
+        "every voxel less dense than the brain's mean the same 0, so a fluid level's serum (12-24 HU) and much of a "
+        "swirl (30-40 HU) look like white matter and CSF to the network; one epoch at Adam lr 1e-4 from the "
+        "clipped-input network (--init-weights).",
+        plans_overrides={**CPU96_PLANS_OVERRIDES, "name": "zhong2021-cpu96-unclipped", "normalisation": "brain_zscore"},
+        model=CPU96_REGION_MODEL,
+        schedule=Schedule(epochs=1, lr=1e-4, milestones=(), aug_copies=1, include_original=False,
+                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
+                          dark_weight=2.0, ivh_weight=2.0,
+                          part_weights={"fluid_hypo": 6.0, "blend_hypo": 4.0, "swirl": 4.0}, val_fraction=0.1),
+    ),
     "smoke": Preset(
         name="smoke",
         description="Smoke test: 16x48x48 matrix, tiny widths, 2 epochs, no augmentation copies beyond one.",
