@@ -140,7 +140,7 @@ def _scaled_head(head: HeadParams, factor: float) -> HeadParams:
     )
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int, int], sd_hu: float) -> np.ndarray:
+def ct_noise(rng: np.random.Generator, shape: tuple[int, int, int], sd_hu: float) -> np.ndarray:
     """CT-like noise with in-plane correlation: white Gaussian noise averaged over 2 x 2 pixels (correlation
     length ~1 pixel, like a standard soft-tissue kernel); the sum of four unit-variance samples is halved, so the
     standard deviation stays ``sd_hu``."""
@@ -262,7 +262,7 @@ def render_case(seed: int, index: int, ich_free_fraction: float, ivh_only_fracti
     r_scan_noise = r_noise if followup is None else r_follow  # a new acquisition has its own noise
     sd = float(overrides.get("noise_sd_hu", r_scan_noise.uniform(4.0, 5.0)))
     hu = phantom.hu
-    hu += _noise(r_scan_noise, grid.shape, sd)
+    hu += ct_noise(r_scan_noise, grid.shape, sd)
     np.rint(hu, out=hu)
     hu_i16 = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
 
