@@ -321,7 +321,7 @@ class Predictor:
         expansion model and calibration, as every answer reports them (also each test-time augmentation pass).
         ``brain_centroid_lps`` (mm) places the midline for the refinement's hemisphere rule."""
         from app import volumetry
-        from app.model.clot_features import clot_features
+        from app.model.clot_features import clot_features, dense_part_hu
         from app.model.clot_texture import measure_texture
         from app.model.mask_refinement import drop_contralateral, refine_mask
         from app.model.ncct_markers import measure_markers
@@ -336,11 +336,11 @@ class Predictor:
             mask_arr = refine_mask(hu, seed, series.spacing_zyx, post.refinement, prob_ref)
             mask_arr = drop_contralateral(mask_arr, series.image, brain_centroid_lps, post.refinement).astype(np.uint8)
         segmented_ml = float(volumetry.volume_ml(mask_arr, series.spacing_zyx))
-        detected = post.detection.detected(segmented_ml, mean_probability)
-        features: dict[str, float] = {}
+        features: dict[str, float] = clot_features(hu, mask_arr, series.spacing_zyx) if mask_arr.any() else {}
+        detected = post.detection.detected(segmented_ml, mean_probability,
+                                           dense_part_hu(features) if features else None)
         markers: dict[str, bool] = {}
         if detected:
-            features = clot_features(hu, mask_arr, series.spacing_zyx)
             if post.markers.enabled:
                 measured = measure_markers(hu, mask_arr, series.spacing_zyx, prob_ref, post.markers.geometry)
                 features.update(measured)
@@ -352,6 +352,7 @@ class Predictor:
                     markers = post.marker_reader.decide(features)
         else:
             mask_arr = np.zeros_like(mask_arr)
+            features = {}
         raw_probability = post.expansion_model.probability(network_probability, features) if detected \
             else network_probability
         probability = post.calibration.apply(raw_probability) if detected else None

@@ -82,6 +82,8 @@ def fit_from_rows(rows: list[dict[str, Any]], cohort: str, max_false_positive_ra
                                         f"({int(y.sum())} expanding)")
     calibrated = calibration.apply_array(raw)
     youden = youden_threshold(y, calibrated)
+    if current is not None and current.detection.min_dense_hu is not None:  # a guard set by hand, not fitted
+        rule = rule.model_copy(update={"min_dense_hu": current.detection.min_dense_hu})
     post = (current or Postprocessing()).model_copy(update={"detection": rule, "calibration": calibration})
     from sklearn.metrics import roc_auc_score
 

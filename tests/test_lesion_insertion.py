@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import require_shared
 from scipy import ndimage
 
 from model_training.cohort.manifest import read_manifest
@@ -107,3 +108,18 @@ def test_default_weights_find_a_clot_inserted_into_the_real_head(head, tmp_path:
     truth = result.mask > 0
     assert out.detected
     assert 2 * np.logical_and(pred, truth).sum() / (pred.sum() + truth.sum()) > 0.7
+
+
+def test_default_weights_report_no_haematoma_on_the_realigned_ge_head(shared_data: Path, tmp_path: Path) -> None:
+    """The real GE head of ../shared/data (gantry tilt corrected by ingestion), resampled once more onto an
+    axis-aligned grid as the insertion does: no haematoma (the same head as sent: tests/test_real_heads_no_bleed.py)."""
+    from app import ingestion
+    from app.inference import Predictor
+
+    ge = require_shared(shared_data / "dcm_qa_ct" / "In" / "GE")
+    aligned = axis_aligned(ingestion.load_series([ge]).image)
+    path = tmp_path / "ge_aligned.nii.gz"
+    sitk.WriteImage(sitk.Cast(aligned, sitk.sitkInt16), str(path))
+    predictor = Predictor.from_registry(Path(__file__).resolve().parents[1] / "weights", device="cpu")
+    out = predictor.predict(ingestion.load_series([path]))
+    assert not out.detected and out.volume_ml == 0.0 and out.probability is None

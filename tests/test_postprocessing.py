@@ -76,6 +76,17 @@ def test_detection_rule_boundaries_and_defaults() -> None:
         with pytest.raises(ValidationError):
             DetectionRule.model_validate(bad)
     assert mean_inside(np.array([0.2, 0.6, 0.9]), np.array([0, 1, 1])) == pytest.approx(0.75)
+
+
+def test_detection_density_guard_rejects_a_mask_no_denser_than_brain() -> None:
+    guarded = DetectionRule(min_volume_ml=2.0, min_dense_hu=45.0)
+    assert guarded.detected(5.0, 0.5, 60.0) and guarded.detected(5.0, 0.5, 45.0)
+    assert not guarded.detected(5.0, 0.5, 31.0)  # brain-density tissue
+    assert not guarded.detected(5.0, 0.5, None)  # nothing measured: not a detection
+    assert not guarded.detected(1.0, 0.5, 80.0)  # the fitted limits still apply
+    assert DetectionRule().detected(5.0, 0.5, 10.0)  # off unless set
+    with pytest.raises(ValidationError):
+        DetectionRule(min_dense_hu=-1.0)
     assert mean_inside(np.ones(3), np.zeros(3)) == 0.0
 
 

@@ -38,6 +38,12 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+def dense_part_hu(features: dict[str, float]) -> float:
+    """The clot's denser part (HU): the 95th percentile of its core after a 3 x 3 in-plane mean, from the
+    measurements of :func:`clot_features` (``median_hu + high_tail_hu``)."""
+    return float(features["median_hu"] + features["high_tail_hu"])
+
+
 def clot_features(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> dict[str, float]:
     """The measurements of the module docstring for one clot. ``hu_zyx`` float HU and ``mask_zyx`` {0, 1} on the
     same (analysis) grid, z-y-x; ``spacing_zyx`` in mm. An empty mask gives zeros."""

@@ -7,6 +7,10 @@ defaults documented on each model. Each rule is a small pure transform with one 
 * :class:`DetectionRule` decides whether the thresholded mask is a haematoma at all: ``volume_ml >=
   min_volume_ml`` (mL, measured on the analysis grid) and the mean haematoma probability inside the mask (on
   the analysis grid) ``>= min_mean_probability``. An empty mask is never a detection (``min_volume_ml > 0``).
+  With ``min_dense_hu`` set, the clot's denser part (the 95th percentile of its core after a 3 x 3 in-plane mean,
+  :func:`app.model.clot_features.dense_part_hu`) must also reach it: acute blood (50-90 HU) is denser than brain
+  (20-40 HU), so a mask on brain-density tissue is not a haematoma, whatever its volume. It is a physiological
+  guard, set by hand and not fitted; it applies after the fitted volume and probability limits.
 * :class:`Calibration` maps the raw expansion probability to a calibrated one: ``identity`` (default) or
   ``platt``: ``sigmoid(slope * logit(p_raw) + intercept)`` with ``p_raw`` clipped to ``[1e-6, 1 - 1e-6]``. The
   registered decision ``threshold`` applies to the *calibrated* probability.
@@ -49,11 +53,16 @@ class DetectionRule(BaseModel):
     min_volume_ml: float = Field(0.5, gt=0.0, description="smallest mask volume (mL, analysis grid) reported")
     min_mean_probability: float = Field(0.0, ge=0.0, le=1.0,
                                         description="smallest mean haematoma probability inside the mask")
+    min_dense_hu: float | None = Field(None, ge=0.0, le=200.0,
+                                       description="the clot's denser part (HU) must reach this; None: not applied")
     fitted_on: str | None = Field(None, description="free text: the data these values were chosen on")
 
-    def detected(self, volume_ml: float, mean_probability: float) -> bool:
-        """``volume_ml`` (mL) and the mean haematoma probability inside the mask (0-1) -> detected."""
-        return bool(volume_ml >= self.min_volume_ml and mean_probability >= self.min_mean_probability)
+    def detected(self, volume_ml: float, mean_probability: float, dense_hu: float | None = None) -> bool:
+        """``volume_ml`` (mL), the mean haematoma probability inside the mask (0-1) and the mask's denser part
+        (HU; needed when ``min_dense_hu`` is set, else ignored) -> detected."""
+        if volume_ml < self.min_volume_ml or mean_probability < self.min_mean_probability:
+            return False
+        return self.min_dense_hu is None or (dense_hu is not None and dense_hu >= self.min_dense_hu)
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:

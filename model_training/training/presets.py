@@ -166,6 +166,18 @@ PRESETS: dict[str, Preset] = {
                           dark_weight=2.0, ivh_weight=2.0,
                           part_weights={"fluid_hypo": 6.0, "blend_hypo": 4.0, "swirl": 4.0}, val_fraction=0.1),
     ),
+    "cpu-real-anatomy-finetune": Preset(
+        name="cpu-real-anatomy-finetune",
+        description="Continues cpu-structure-finetune (--init-weights) on a cohort that mixes phantoms with "
+        "haematomas inserted into real heads without haemorrhage (python -m model_training insert): real anatomy, "
+        "partial-volume bone and noise texture around clots whose truth is known; cpu-structure-finetune's loss, one "
+        "epoch at Adam lr 5e-5 (half the first fine-tuning's rate: the network is adapted, not retrained).",
+        plans_overrides=CPU96_PLANS_OVERRIDES,
+        model=CPU96_REGION_MODEL,
+        schedule=Schedule(epochs=1, lr=5e-5, milestones=(), aug_copies=1, include_original=False,
+                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
+                          dark_weight=2.0, ivh_weight=2.0, val_fraction=0.1),
+    ),
     "smoke": Preset(
         name="smoke",
         description="Smoke test: 16x48x48 matrix, tiny widths, 2 epochs, no augmentation copies beyond one.",
