@@ -85,6 +85,12 @@ CPU96_MODEL = ModelConfig(encoder_widths=(8, 16, 32), bridge_width=64, decoder_w
 # predicted haematoma, and auxiliary NCCT-marker outputs.
 CPU96_REGION_MODEL = CPU96_MODEL.model_copy(update={"cls_pooling": "haematoma", "aux_outputs": 8, "dropout": 0.1})
 
+# one epoch of the structure-weighted loss (darker parts and the intraventricular blood outside the mask 3x),
+# every pass randomly augmented; the fine-tuning presets differ by their learning rate
+STRUCTURE_FINETUNE: dict[str, Any] = dict(epochs=1, milestones=(), aug_copies=1, include_original=False, seg_weight=1.0,
+                                cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5, dark_weight=2.0,
+                                ivh_weight=2.0, val_fraction=0.1)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
@@ -135,9 +141,7 @@ PRESETS: dict[str, Preset] = {
         "read the validation clots smaller than the first, and a third at 1e-5 did not recover it).",
         plans_overrides=CPU96_PLANS_OVERRIDES,
         model=CPU96_REGION_MODEL,
-        schedule=Schedule(epochs=1, lr=1e-4, milestones=(), aug_copies=1, include_original=False,
-                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
-                          dark_weight=2.0, ivh_weight=2.0, val_fraction=0.1),
+        schedule=Schedule(lr=1e-4, **STRUCTURE_FINETUNE),
     ),
     "cpu-dark-parts-finetune": Preset(
         name="cpu-dark-parts-finetune",
@@ -174,9 +178,7 @@ PRESETS: dict[str, Preset] = {
         "epoch at Adam lr 5e-5 (half the first fine-tuning's rate: the network is adapted, not retrained).",
         plans_overrides=CPU96_PLANS_OVERRIDES,
         model=CPU96_REGION_MODEL,
-        schedule=Schedule(epochs=1, lr=5e-5, milestones=(), aug_copies=1, include_original=False,
-                          seg_weight=1.0, cls_weight=0.5, cls_pos_weight="balanced", aux_weight=0.5,
-                          dark_weight=2.0, ivh_weight=2.0, val_fraction=0.1),
+        schedule=Schedule(lr=5e-5, **STRUCTURE_FINETUNE),
     ),
     "smoke": Preset(
         name="smoke",
