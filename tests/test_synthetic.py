@@ -270,3 +270,25 @@ def test_a_large_haematoma_stays_in_its_hemisphere():
     u = head_frame(grid, whole, np.asarray(c.head.centre), c.head.rotation)[0]
     side = np.sign(u[c.mask > 0])
     assert c.baseline_volume_ml > 50 and abs(float(side.mean())) == 1.0  # no voxel across the midline
+
+
+def test_noise_range_changes_only_the_noise(tmp_path):
+    base = generate_case(SEED, 0, mimics=False)
+    assert 4.0 <= base.noise_sd_hu <= 5.0  # the generator's default range
+    wide = generate_case(SEED, 0, mimics=False, noise_sd_range_hu=(1.8, 9.0))
+    assert 1.8 <= wide.noise_sd_hu <= 9.0 and wide.noise_sd_hu != base.noise_sd_hu
+    np.testing.assert_array_equal(wide.mask, base.mask)
+    np.testing.assert_array_equal(wide.structure_labels, base.structure_labels)
+    assert (wide.markers, wide.baseline_volume_ml, wide.followup_volume_ml) == (
+        base.markers, base.baseline_volume_ml, base.followup_volume_ml)
+    brain = (base.hu > 20) & (base.hu < 40)
+    ratio = np.std((wide.hu - base.hu)[brain].astype(np.float64))
+    expected = np.sqrt(abs(wide.noise_sd_hu ** 2 - base.noise_sd_hu ** 2))
+    assert ratio > 0.3 * expected  # the images differ by noise of the two levels
+    out = tmp_path / "wide"
+    assert training_main(["synth", "--n", "1", "--out", str(out), "--seed", str(SEED), "--formats", "nifti",
+                          "--noise-sd-hu", "1.8", "9.0"]) == 0
+    _, rows = _read_manifest(out / "manifest.csv")
+    assert 1.8 <= float(rows[0]["noise_sd_hu"]) <= 9.0
+    with pytest.raises(ValueError, match="noise_sd_range_hu"):
+        write_cohort(1, tmp_path / "bad", SEED, formats=("nifti",), noise_sd_range_hu=(9.0, 2.0))

@@ -28,6 +28,9 @@ darker than ``region_hu``):
   clot volume (1; lobules and an irregular margin);
 * ``slice_solidity``: the area of the clot's largest axial section over the area of its convex hull (1);
   ``radial_cv``: the coefficient of variation of that section's margin distance from its centroid (1).
+
+Noise: ``surround_noise_hu``, the scan's noise measure in the brain around the clot
+(:func:`app.model.scan_noise.surround_noise_hu`, HU), against which the texture measurements are read.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from scipy import ndimage
 
 from app.model.mask_refinement import _local_mean, _solidity_2d
 from app.model.ncct_markers import _fill, _otsu, _straight_split
+from app.model.scan_noise import NOISE_UNITS, surround_noise_hu
 
 TEXTURE_UNITS: dict[str, str] = {
     "dark_peak_hu": "HU", "dark_peak_ml": "mL", "dark_peak_depth_mm": "mm", "dark_peak_offset": "1",
     "dark_peak_min_hu": "HU", "dark_regions": "count", "second_dark_hu": "HU", "mottle_sd_hu": "HU",
     "brain_density_fraction": "1", "envelope_brain_ml": "mL", "envelope_brain_fraction": "1",
     "envelope_split_hu": "HU", "envelope_split_straightness": "1", "ellipsoid_mismatch": "1",
-    "slice_solidity": "1", "radial_cv": "1",
+    "slice_solidity": "1", "radial_cv": "1", **NOISE_UNITS,
 }
 
 
@@ -163,4 +167,5 @@ def measure_texture(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Seque
     out["ellipsoid_mismatch"] = _ellipsoid_mismatch(clot, (dz, dy, dx))
     largest_slice = int(np.argmax(clot.sum(axis=(1, 2))))
     out["slice_solidity"], out["radial_cv"] = _section_shape(clot[largest_slice], (dy, dx))
+    out["surround_noise_hu"] = surround_noise_hu(hu_zyx, mask, spacing_zyx)
     return {k: round(float(v), 4) for k, v in out.items()}

@@ -40,6 +40,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "risk_true",  # synthetic: the growth model's expansion probability (evaluation ceiling)
     "risk_image",  # synthetic: the same averaged over the onset-time prior (image-only ceiling)
     "mimics",  # synthetic: haemorrhage mimics in the head, ";"-separated (informational)
+    "noise_sd_hu",  # synthetic: SD of the CT noise added to the scan, HU (informational)
     "followup_image",  # the follow-up scan (DICOM folder or NIfTI), same geometry rules as `image`
     "label_source",  # where `label` came from (model_training.commands.label_followup writes it)
     "followup_label",  # label-followup: the label the two predicted volumes give

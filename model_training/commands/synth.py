@@ -16,6 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     manifest = write_cohort(
         args.n, args.out, args.seed, formats=formats, workers=args.workers, transfer_syntax=args.transfer_syntax,
         ich_free_fraction=args.ich_free_fraction, followup=args.followup,
+        noise_sd_range_hu=None if args.noise_sd_hu is None else tuple(args.noise_sd_hu),
     )
     elapsed = time.perf_counter() - started
     summary = json.loads((Path(args.out) / "cohort_summary.json").read_text())
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--followup", action="store_true",
                    help="also write each haematoma's 20-24 h follow-up scan (same head, new position, the haematoma "
                    "at followup_volume_ml): manifest columns followup_image and followup_mask")
+    p.add_argument("--noise-sd-hu", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="draw each scan's CT noise SD uniformly from LOW-HIGH HU instead of the default 4-5 HU "
+                   "(real scans span about 2-9 HU)")
     p.add_argument(
         "--transfer-syntax",
         default=None,

@@ -41,9 +41,12 @@ from model_training.synthetic.scanners import (
 
 ADMISSION_RANGE = (dt.date(2012, 2, 1), dt.date(2019, 10, 31))  # the paper's recruitment period
 HU_MIN, HU_MAX = -1024, 3071
+#: default range of a scan's CT noise SD (HU): a standard 5 mm brain reconstruction; real scans span about 2-9 HU
+#: (thin slices, low dose, smooth kernels), which a cohort drawn with ``noise_sd_range_hu`` covers
+NOISE_SD_RANGE_HU = (4.0, 5.0)
 ALLOWED_OVERRIDES = frozenset(
     {"haematoma_volume_ml", "n_slices", "markers", "scanner", "fov_mm", "location", "onset_to_ct_hours", "noise_sd_hu",
-     "ich_free", "ivh_only", "mimics"}
+     "noise_sd_range_hu", "ich_free", "ivh_only", "mimics"}
 )
 
 
@@ -83,6 +86,7 @@ class SyntheticCase:
     hours_after_baseline: float = 0.0  # follow-up scans: acquisition time after the baseline scan (hours)
     # (ich_free_fraction, ivh_only_fraction, overrides) this case was drawn with, so its follow-up repeats them
     draw_args: tuple[float, float, dict[str, Any]] = field(default=(0.0, 0.15, {}), repr=False)
+    noise_sd_hu: float = 0.0  # SD of the CT noise added to this scan (HU, before its 2 x 2 in-plane correlation)
 
     @property
     def has_haematoma(self) -> bool:
@@ -174,7 +178,8 @@ def generate_case(seed: int, index: int, *, ich_free_fraction: float = 0.0, ivh_
     expansion label); ``ivh_only_fraction``: the share of those with intraventricular blood only.
     Overrides (all optional): ``haematoma_volume_ml`` (target, mL), ``n_slices``, ``markers`` (dict, partial
     allowed; completed with zeros and made consistent), ``scanner`` (a key of ``SCANNERS_BY_KEY``), ``fov_mm``,
-    ``location`` ("basal_ganglia", "thalamus", "lobar"), ``onset_to_ct_hours``, ``noise_sd_hu``, ``ich_free``
+    ``location`` ("basal_ganglia", "thalamus", "lobar"), ``onset_to_ct_hours``, ``noise_sd_hu`` (HU), or
+    ``noise_sd_range_hu`` (low, high: the SD drawn uniformly from it instead of :data:`NOISE_SD_RANGE_HU`), ``ich_free``
     and ``ivh_only`` (bool), ``mimics`` (bool: paint haemorrhage mimics, default True).
     """
     return render_case(seed, index, ich_free_fraction, ivh_only_fraction, overrides, None)
@@ -260,7 +265,8 @@ def render_case(seed: int, index: int, ich_free_fraction: float, ivh_only_fracti
         haem = render_haematoma(r_haem, grid, head, phantom, target_ml, markers, overrides.get("location"))
         mask, labels, location, side, centre_lps = haem.mask, haem.labels, haem.location, haem.side, haem.centre_lps
     r_scan_noise = r_noise if followup is None else r_follow  # a new acquisition has its own noise
-    sd = float(overrides.get("noise_sd_hu", r_scan_noise.uniform(4.0, 5.0)))
+    low, high = overrides.get("noise_sd_range_hu", NOISE_SD_RANGE_HU)
+    sd = float(overrides.get("noise_sd_hu", r_scan_noise.uniform(low, high)))
     hu = phantom.hu
     hu += ct_noise(r_scan_noise, grid.shape, sd)
     np.rint(hu, out=hu)
@@ -303,4 +309,5 @@ def render_case(seed: int, index: int, ich_free_fraction: float, ivh_only_fracti
         scan="baseline" if followup is None else "followup",
         hours_after_baseline=round(hours_after, 4),
         draw_args=(ich_free_fraction, ivh_only_fraction, dict(overrides)),
+        noise_sd_hu=round(sd, 3),
     )

@@ -49,7 +49,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "label",
     "scanner",
 )
-SYNTHETIC_EXTRA_COLUMNS: tuple[str, ...] = ("image_nifti", "structure_labels", "risk_true", "risk_image", "mimics")
+SYNTHETIC_EXTRA_COLUMNS: tuple[str, ...] = ("image_nifti", "structure_labels", "risk_true", "risk_image", "mimics",
+                                             "noise_sd_hu")
 FOLLOWUP_COLUMNS: tuple[str, ...] = ("followup_image",)  # written with followup=True
 DEFAULT_ICH_FREE_FRACTION = 0.25
 FORMATS = ("dicom", "nifti")
@@ -72,10 +73,12 @@ def _write_followup(case: Any, case_dir: Path, formats: tuple[str, ...], transfe
     return (fu_dir / "dicom" if "dicom" in formats else image_path), mask_path  # type: ignore[return-value]
 
 
-def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float, bool]) -> dict[str, Any]:
-    seed, index, out_dir, formats, transfer_syntax, ich_free_fraction, followup = args
+def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float, bool, tuple[float, float] | None]
+               ) -> dict[str, Any]:
+    seed, index, out_dir, formats, transfer_syntax, ich_free_fraction, followup, noise_range = args
     out = Path(out_dir)
-    case = generate_case(seed, index, ich_free_fraction=ich_free_fraction)
+    overrides = {} if noise_range is None else {"noise_sd_range_hu": tuple(noise_range)}
+    case = generate_case(seed, index, ich_free_fraction=ich_free_fraction, **overrides)
     case_dir = out / "cases" / case.case_id
     row: dict[str, Any] = {"case_id": case.case_id}
     if "dicom" in formats:
@@ -105,6 +108,7 @@ def _write_one(args: tuple[int, int, str, tuple[str, ...], str | None, float, bo
     row["risk_true"] = _fmt(case.risk_true, 6)
     row["risk_image"] = _fmt(case.risk_image, 6)
     row["mimics"] = ";".join(case.mimics)
+    row["noise_sd_hu"] = f"{case.noise_sd_hu:.3f}"
     # not written to the manifest, used for the summary
     row["_location"] = case.location
     return row
@@ -153,6 +157,7 @@ def write_cohort(
     transfer_syntax: str | None = None,
     ich_free_fraction: float = DEFAULT_ICH_FREE_FRACTION,
     followup: bool = False,
+    noise_sd_range_hu: tuple[float, float] | None = None,
 ) -> Path:
     """Generate cases 0..n-1 of cohort ``seed`` into ``out_dir``; return the manifest path.
 
@@ -160,6 +165,9 @@ def write_cohort(
     ``formats``: any of "dicom" (the manifest's ``image`` is the DICOM folder) and "nifti" (``image_nifti``; also
     ``image`` when DICOM is not written). The NIfTI mask is always written. ``workers`` > 1 uses processes;
     the output does not depend on it. ``followup``: also write each haematoma's follow-up scan (module docstring).
+    ``noise_sd_range_hu``: (low, high) HU range of the scans' noise SD instead of the generator's default
+    (:data:`~model_training.synthetic.case.NOISE_SD_RANGE_HU`); cases differ from the default cohort in their
+    noise only.
     """
     formats = tuple(formats)
     if n < 1:
@@ -168,7 +176,10 @@ def write_cohort(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, str(out), formats, transfer_syntax, ich_free_fraction, followup) for i in range(n)]
+    if noise_sd_range_hu is not None and not 0.0 < noise_sd_range_hu[0] <= noise_sd_range_hu[1] <= 40.0:
+        raise ValueError("noise_sd_range_hu must be (low, high) with 0 < low <= high <= 40 HU")
+    jobs = [(seed, i, str(out), formats, transfer_syntax, ich_free_fraction, followup, noise_sd_range_hu)
+            for i in range(n)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_write_one, jobs))

@@ -81,17 +81,14 @@ def axis_aligned(image: sitk.Image) -> sitk.Image:
 
 
 def noise_level_hu(hu: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> float:
-    """The CT noise SD (HU) in ``region`` of ``hu``, in the generator's noise model: the spread of the in-plane
-    high-pass residual (image minus its 5 x 5 mean; median absolute deviation) divided by the same measure on the
-    generator's noise of SD 1, so that the noise painted into a clot has the scan's own level."""
+    """The CT noise SD (HU) in ``region`` of ``hu``, in the generator's noise model: the service's noise measure
+    (:func:`app.model.scan_noise.residual_noise_hu`) divided by the same measure on the generator's noise of SD 1,
+    so that the noise painted into a clot has the scan's own level."""
+    from app.model.scan_noise import residual_noise_hu
     from model_training.synthetic.case import ct_noise
 
-    def residual_sd(a: np.ndarray, where: np.ndarray) -> float:
-        r = (a - ndimage.uniform_filter(a, size=(1, 5, 5)))[where]
-        return float(1.4826 * np.median(np.abs(r - np.median(r))))
-
     unit = ct_noise(rng, (4, 64, 64), 1.0)
-    return residual_sd(hu.astype(np.float32), region) / residual_sd(unit, np.ones(unit.shape, dtype=bool))
+    return residual_noise_hu(hu, region) / residual_noise_hu(unit, np.ones(unit.shape, dtype=bool))
 
 
 def prepare_head(image: sitk.Image, rng: np.random.Generator) -> RealHead:
