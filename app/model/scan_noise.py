@@ -9,8 +9,9 @@ absolute deviation), which anatomy varies far less than the noise:
 * :func:`residual_noise_hu`: that spread over any region (also used to put a scan's own noise into the
   haematomas that ``model_training`` inserts into real heads);
 * :func:`surround_noise_hu`: over the brain-density voxels (``BRAIN_HU`` after a 1 mm in-plane Gaussian, so that
-  the noise itself does not decide which voxels count) in a ring ``RING_MM`` around the clot, on each slice the
-  clot is on.
+  the noise itself does not decide which voxels count) in a ring ``RING_MM`` around the clot, on the clot's
+  largest axial section and the slices next to it (``SLICES``: enough voxels for a robust spread, a small cost
+  per request).
 
 The residual's spread is not the noise SD itself (spatially correlated noise loses part of its variance to the
 5 x 5 mean): it is a monotone measure of it, in HU, comparable between scans of similar pixel size.
@@ -28,6 +29,7 @@ NOISE_UNITS: dict[str, str] = {"surround_noise_hu": "HU"}
 BRAIN_HU = (15.0, 50.0)
 RING_MM = (3.0, 15.0)
 MIN_VOXELS = 200
+SLICES = 3
 
 
 def residual_noise_hu(hu: np.ndarray, region: np.ndarray) -> float:
@@ -49,7 +51,9 @@ def surround_noise_hu(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Seq
         return 0.0
     _, dy, dx = (float(s) for s in spacing_zyx)
     reach = int(np.ceil(RING_MM[1] / min(dy, dx))) + 3
-    idx = np.argwhere(mask)
+    largest = int(np.argmax(mask.sum(axis=(1, 2))))
+    z0, z1 = max(largest - SLICES // 2, 0), min(largest + SLICES // 2 + 1, mask.shape[0])
+    idx = np.argwhere(mask[z0:z1]) + (z0, 0, 0)
     lo = np.maximum(idx.min(0) - (0, reach, reach), 0)
     hi = np.minimum(idx.max(0) + (1, reach + 1, reach + 1), mask.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
