@@ -187,3 +187,54 @@ def test_serum_that_runs_into_hypodense_brain_beside_the_clot_is_kept_within_the
     beside = strip & (np.abs(x) > 16.0)  # past the clot's own columns
     assert (within & beside).sum() == 0
     assert abs(within.sum() / clot.sum() - 1.0) < 0.15
+
+
+def test_the_dense_part_of_a_fluid_level_is_not_taken_for_layered_blood() -> None:
+    """Serum (12-24 HU) in front of a level is not CSF: a CSF bound above it cut the clot's dense part in strips."""
+    clot, serum, hu = _fluid_level_clot(18.0)
+    dense = clot & ~serum
+    serum_as_csf = refine_mask(hu, dense, SPACING, ON.model_copy(update={"layer_csf_max_hu": 20.0}))
+    below_serum = refine_mask(hu, dense, SPACING, ON.model_copy(update={"layer_csf_max_hu": 14.0}))
+    assert (serum_as_csf & dense).sum() < 0.9 * dense.sum()
+    assert (below_serum & dense).sum() > 0.97 * dense.sum()
+
+
+def test_blood_layering_in_a_ventricle_inside_the_haematoma_leaves_the_mask() -> None:
+    """A ventricle that the clot surrounds: CSF in front, blood behind a level; the network's mask fills it."""
+    rng = np.random.default_rng(14)
+    z, y, x = _grid()
+    sphere = _sphere(16.0)
+    ventricle = ((y / 7.0) ** 2 + (x / 5.0) ** 2 <= 1.0) & (np.abs(z) < 12.0)
+    layered_blood = ventricle & (y >= 0.0)
+    clot = sphere & ~ventricle
+    hu = _image(clot | layered_blood, rng)
+    hu[ventricle & ~layered_blood] = 6.0 + rng.normal(0.0, 3.0, int((ventricle & ~layered_blood).sum()))
+    before = ON.model_copy(update={"layer_csf_max_hu": 14.0})
+    after = before.model_copy(update={"drop_enclosed_csf": True, "layer_front_min_hu": 14.0})
+    filled = refine_mask(hu, sphere, SPACING, before)
+    emptied = refine_mask(hu, sphere, SPACING, after)
+    assert (filled & layered_blood).sum() > 0.9 * layered_blood.sum()
+    assert (filled & ventricle & ~layered_blood).sum() > 0.9 * (ventricle & ~layered_blood).sum()
+    assert (emptied & layered_blood).sum() < 0.2 * layered_blood.sum()
+    assert (emptied & ventricle & ~layered_blood).sum() < 0.4 * (ventricle & ~layered_blood).sum(), \
+        "CSF is not blood (its partial-volume rim may stay)"
+    assert (emptied & clot).sum() > 0.85 * clot.sum()
+
+
+def test_csf_the_network_took_in_front_of_a_level_does_not_hide_it() -> None:
+    """Step 6 on a mask that holds up to 3 mm of CSF, irregularly, in front of the level."""
+    from app.model.mask_refinement import _layered_blood
+
+    rng = np.random.default_rng(15)
+    z, y, x = _grid()
+    ventricle = (np.abs(x - 18.0) < 5.0) & (np.abs(y - 5.0) < 14.0) & (np.abs(z) < 12.0)
+    layered_blood = ventricle & (y > 8.0)
+    hu = _image(layered_blood, rng)
+    hu[ventricle & ~layered_blood] = 6.0
+    depth = np.round(rng.uniform(0.0, 3.0, SHAPE[2]) * 2.0) / 2.0  # mm, irregular from column to column
+    bump = ventricle & (y <= 8.0) & (y > 8.0 - depth[None, None, :])
+    mask = layered_blood | bump
+    plain = ON.model_copy(update={"layer_csf_max_hu": 14.0})
+    front = plain.model_copy(update={"layer_front_min_hu": 14.0})
+    assert (_layered_blood(mask, hu, SPACING[1:], plain) & layered_blood).sum() < 0.5 * layered_blood.sum()
+    assert (_layered_blood(mask, hu, SPACING[1:], front) & layered_blood).sum() > 0.85 * layered_blood.sum()

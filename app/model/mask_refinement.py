@@ -26,7 +26,14 @@ that manual planimetry follows. :func:`refine_mask` applies that rule in a band 
    mask's columns (runs along y) whose anterior end lies against CSF (at least ``layer_csf_fraction`` of the
    ``layer_probe_mm`` in front of it, after a ``layer_gap_mm`` partial-volume gap) and whose anterior ends line up
    on a horizontal line (SD of their y position <= ``layer_max_sd_mm`` over at least ``layer_min_width_mm`` of
-   adjacent columns) are intraventricular blood and leave the mask. CSF here is ``(-5, layer_csf_max_hu)`` HU.
+   adjacent columns) are intraventricular blood and leave the mask. CSF here is ``(-5, layer_csf_max_hu)`` HU,
+   below the serum of a fluid level (12-24 HU), whose dense part must not read as layered blood. With
+   ``layer_front_min_hu`` a column's front is its first voxel at or above that HU, so that CSF the network took in
+   front of the level does not hide the line.
+6a. (Applied before step 6, with ``drop_enclosed_csf``.) A ventricle that the haematoma surrounds is a hole that
+   step 4 filled: regions of CSF density (``(-5, enclosed_csf_max_hu)`` HU after a 0.7 mm in-plane Gaussian, at
+   least ``enclosed_csf_min_mm2`` on the slice) leave the mask, so that blood layering in that ventricle shows its
+   level against the CSF to step 6, and the CSF itself is not counted as blood.
 7. (Applied before step 6.) A haematoma with a fluid level keeps its non-dependent serum part, less dense than the brain,
    which the network and the partial-volume rule leave out. On each axial slice, a connected region of serum
    density (``serum_hu``, after a 1 mm in-plane Gaussian and a 1 mm opening) that touches the mask joins it when
@@ -93,6 +100,12 @@ class BoundaryRefinement(BaseModel):
     layer_min_width_mm: float = Field(3.0, gt=0.0)
     layer_max_sd_mm: float = Field(0.6, gt=0.0)
     layer_csf_max_hu: float = Field(20.0, gt=0.0, le=40.0, description="CSF upper bound of step 6, HU")
+    layer_front_min_hu: float | None = Field(
+        None, gt=0.0, le=40.0, description="step 6 measures a column's front at its first voxel at or above this "
+        "HU (None: the mask's first voxel), so that CSF the mask took in front of the level does not hide it, HU")
+    drop_enclosed_csf: bool = Field(False, description="CSF inside the mask leaves it before step 6 (step 6a)")
+    enclosed_csf_max_hu: float = Field(12.0, gt=0.0, le=20.0, description="CSF upper bound of step 6a, HU")
+    enclosed_csf_min_mm2: float = Field(6.0, ge=0.0, description="smallest CSF region step 6a removes, mm2")
     complete_fluid_level: bool = Field(False, description="keep the serum part of a fluid level (step 7)")
     serum_hu: tuple[float, float] = (12.0, 27.0)
     serum_min_share: float = Field(0.1, gt=0.0)
@@ -160,20 +173,27 @@ def _column_runs(column: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.r_[ys[0], ys[breaks + 1]].tolist(), np.r_[ys[breaks], ys[-1]].tolist(), strict=True))
 
 
-def _front_groups(mask2d: np.ndarray, against: np.ndarray, probe: int, gap: int,
-                  fraction: float) -> list[list[tuple[int, int, int]]]:
-    """Runs (x, first y, last y) of one slice's mask columns whose anterior end lies against ``against``
-    (at least ``fraction`` of ``probe`` voxels after a ``gap``), grouped into adjacent columns with close fronts."""
-    runs: list[tuple[int, int, int]] = []
+def _front_groups(mask2d: np.ndarray, against: np.ndarray, probe: int, gap: int, fraction: float,
+                  dense: np.ndarray | None = None) -> list[list[tuple[int, int, int, int]]]:
+    """Runs (x, first y, last y, front y) of one slice's mask columns whose front lies against ``against``
+    (at least ``fraction`` of ``probe`` voxels after a ``gap``), grouped into adjacent columns with close fronts.
+    The front is the run's first voxel, or with ``dense`` its first ``dense`` voxel."""
+    runs: list[tuple[int, int, int, int]] = []
     for x in np.flatnonzero(mask2d.any(axis=0)):
         for y0, y1 in _column_runs(mask2d[:, x]):
-            a, b = max(0, y0 - gap - probe), max(0, y0 - gap)
+            front = y0
+            if dense is not None:
+                hits = np.flatnonzero(dense[y0:y1 + 1, x])
+                if hits.size == 0:
+                    continue
+                front = y0 + int(hits[0])
+            a, b = max(0, front - gap - probe), max(0, front - gap)
             if b > a and against[a:b, x].mean() >= fraction:
-                runs.append((int(x), y0, y1))
-    groups: list[list[tuple[int, int, int]]] = []
+                runs.append((int(x), y0, y1, front))
+    groups: list[list[tuple[int, int, int, int]]] = []
     for run in runs:
         last = groups[-1][-1] if groups else None
-        if last is not None and run[0] - last[0] <= 1 and abs(run[1] - last[1]) <= 2:
+        if last is not None and run[0] - last[0] <= 1 and abs(run[3] - last[3]) <= 2:
             groups[-1].append(run)
         else:
             groups.append([run])
@@ -186,17 +206,35 @@ def _layered_blood(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, fl
     dy, dx = spacing_yx
     smoothed = ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
     csf = (smoothed > CSF_MIN_HU) & (smoothed < settings.layer_csf_max_hu)
+    dense = None if settings.layer_front_min_hu is None else smoothed >= settings.layer_front_min_hu
     probe = max(1, int(round(settings.layer_probe_mm / dy)))
     gap = int(round(settings.layer_gap_mm / dy))
     min_columns = max(2, int(round(settings.layer_min_width_mm / dx)))
     out = np.zeros_like(mask)
     for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        for group in _front_groups(mask[z], csf[z], probe, gap, settings.layer_csf_fraction):
-            fronts = np.array([r[1] for r in group], dtype=np.float64) * dy
+        for group in _front_groups(mask[z], csf[z], probe, gap, settings.layer_csf_fraction,
+                                   None if dense is None else dense[z]):
+            fronts = np.array([r[3] for r in group], dtype=np.float64) * dy
             if len(group) >= min_columns and fronts.std() <= settings.layer_max_sd_mm:
-                for x, y0, y1 in group:
+                for x, y0, y1, _ in group:
                     out[z, y0:y1 + 1, x] = True
     return out & mask
+
+
+def _enclosed_csf(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
+                  settings: BoundaryRefinement) -> np.ndarray:
+    """The mask's voxels in regions of CSF density (module docstring, step 6a), slice by slice."""
+    dy, dx = spacing_yx
+    smoothed = ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
+    csf = mask & (smoothed > CSF_MIN_HU) & (smoothed < settings.enclosed_csf_max_hu)
+    min_px = settings.enclosed_csf_min_mm2 / (dy * dx)
+    out = np.zeros_like(mask)
+    for z in np.flatnonzero(csf.any(axis=(1, 2))):
+        labels, n = ndimage.label(csf[z])
+        sizes = np.bincount(labels.ravel())
+        big = np.flatnonzero(sizes >= min_px)
+        out[z] = np.isin(labels, big[big > 0])
+    return out
 
 
 def _solidity_2d(section: np.ndarray) -> float:
@@ -223,7 +261,8 @@ def _level_contact(section: np.ndarray, comp: np.ndarray, reach: int, dy: float,
     fronts = np.array([np.flatnonzero(contact[:, x])[0] for x in xs], dtype=np.float64)
     slope, intercept = np.polyfit(xs.astype(np.float64), fronts, 1)
     residual = fronts - (slope * xs + intercept)
-    return bool(abs(slope) <= settings.level_max_slope and residual.std() * dy <= settings.level_max_sd_mm)
+    spread = float(residual.std())
+    return bool(abs(slope) <= settings.level_max_slope and spread * dy <= settings.level_max_sd_mm)
 
 
 def _serum_part(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
@@ -316,6 +355,8 @@ def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[
     if settings.complete_fluid_level and refined.any():  # before step 6: serum in front is not CSF
         refined |= _serum_part(refined, hu, (dy, dx), settings)
         refined = np.stack([ndimage.binary_fill_holes(s) for s in refined])
+    if settings.drop_enclosed_csf and refined.any():
+        refined &= ~_enclosed_csf(refined, hu, (dy, dx), settings)
     if settings.drop_layered:
         refined &= ~_layered_blood(refined, hu, (dy, dx), settings)
     out = np.zeros_like(mask)
