@@ -223,7 +223,7 @@ def test_blood_layering_in_a_ventricle_inside_the_haematoma_leaves_the_mask() ->
 
 def test_csf_the_network_took_in_front_of_a_level_does_not_hide_it() -> None:
     """Step 6 on a mask that holds up to 3 mm of CSF, irregularly, in front of the level."""
-    from app.model.mask_refinement import _layered_blood
+    from app.model.mask_refinement import _csf_smoothed, _layered_blood
 
     rng = np.random.default_rng(15)
     z, y, x = _grid()
@@ -236,5 +236,6 @@ def test_csf_the_network_took_in_front_of_a_level_does_not_hide_it() -> None:
     mask = layered_blood | bump
     plain = ON.model_copy(update={"layer_csf_max_hu": 14.0})
     front = plain.model_copy(update={"layer_front_min_hu": 14.0})
-    assert (_layered_blood(mask, hu, SPACING[1:], plain) & layered_blood).sum() < 0.5 * layered_blood.sum()
-    assert (_layered_blood(mask, hu, SPACING[1:], front) & layered_blood).sum() > 0.85 * layered_blood.sum()
+    smoothed = _csf_smoothed(hu, SPACING[1:])
+    assert (_layered_blood(mask, smoothed, SPACING[1:], plain) & layered_blood).sum() < 0.5 * layered_blood.sum()
+    assert (_layered_blood(mask, smoothed, SPACING[1:], front) & layered_blood).sum() > 0.85 * layered_blood.sum()

@@ -200,11 +200,16 @@ def _front_groups(mask2d: np.ndarray, against: np.ndarray, probe: int, gap: int,
     return groups
 
 
-def _layered_blood(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
+def _csf_smoothed(hu: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
+    """The 0.7 mm in-plane Gaussian of ``hu`` on which steps 6 and 6a read CSF."""
+    dy, dx = spacing_yx
+    return ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
+
+
+def _layered_blood(mask: np.ndarray, smoothed: np.ndarray, spacing_yx: tuple[float, float],
                    settings: BoundaryRefinement) -> np.ndarray:
     """The mask's voxels of intraventricular blood with a fluid level against CSF (module docstring, step 6)."""
     dy, dx = spacing_yx
-    smoothed = ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
     csf = (smoothed > CSF_MIN_HU) & (smoothed < settings.layer_csf_max_hu)
     dense = None if settings.layer_front_min_hu is None else smoothed >= settings.layer_front_min_hu
     probe = max(1, int(round(settings.layer_probe_mm / dy)))
@@ -221,11 +226,10 @@ def _layered_blood(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, fl
     return out & mask
 
 
-def _enclosed_csf(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
+def _enclosed_csf(mask: np.ndarray, smoothed: np.ndarray, spacing_yx: tuple[float, float],
                   settings: BoundaryRefinement) -> np.ndarray:
     """The mask's voxels in regions of CSF density (module docstring, step 6a), slice by slice."""
     dy, dx = spacing_yx
-    smoothed = ndimage.gaussian_filter(hu, (0.0, 0.7 / dy, 0.7 / dx))
     csf = mask & (smoothed > CSF_MIN_HU) & (smoothed < settings.enclosed_csf_max_hu)
     min_px = settings.enclosed_csf_min_mm2 / (dy * dx)
     out = np.zeros_like(mask)
@@ -261,8 +265,7 @@ def _level_contact(section: np.ndarray, comp: np.ndarray, reach: int, dy: float,
     fronts = np.array([np.flatnonzero(contact[:, x])[0] for x in xs], dtype=np.float64)
     slope, intercept = np.polyfit(xs.astype(np.float64), fronts, 1)
     residual = fronts - (slope * xs + intercept)
-    spread = float(residual.std())
-    return bool(abs(slope) <= settings.level_max_slope and spread * dy <= settings.level_max_sd_mm)
+    return bool(abs(slope) <= settings.level_max_slope and residual.std() * dy <= settings.level_max_sd_mm)
 
 
 def _serum_part(mask: np.ndarray, hu: np.ndarray, spacing_yx: tuple[float, float],
@@ -355,10 +358,12 @@ def refine_mask(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[
     if settings.complete_fluid_level and refined.any():  # before step 6: serum in front is not CSF
         refined |= _serum_part(refined, hu, (dy, dx), settings)
         refined = np.stack([ndimage.binary_fill_holes(s) for s in refined])
-    if settings.drop_enclosed_csf and refined.any():
-        refined &= ~_enclosed_csf(refined, hu, (dy, dx), settings)
-    if settings.drop_layered:
-        refined &= ~_layered_blood(refined, hu, (dy, dx), settings)
+    if settings.drop_enclosed_csf or settings.drop_layered:
+        smoothed = _csf_smoothed(hu, (dy, dx))
+        if settings.drop_enclosed_csf and refined.any():
+            refined &= ~_enclosed_csf(refined, smoothed, (dy, dx), settings)
+        if settings.drop_layered:
+            refined &= ~_layered_blood(refined, smoothed, (dy, dx), settings)
     out = np.zeros_like(mask)
     out[box] = refined
     return out
