@@ -74,21 +74,23 @@ class HAProxyProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def server_states(self) -> dict[str, str]:
-        """Health state of each replica as HAProxy sees it (``UP``, ``DOWN``, ...), from its stats CSV."""
+    def server_states(self, backend: str = "predictions") -> dict[str, str]:
+        """Health state of each replica in ``backend`` (``predictions``: new predictions, checked on
+        /health/ready; ``reads``: everything else, checked on /health/reads) as HAProxy sees it (``UP``,
+        ``DOWN``, ...), from its stats CSV."""
         text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text
-        rows = [line.split(",") for line in text.splitlines() if line.startswith("replicas,")]
+        rows = [line.split(",") for line in text.splitlines() if line.startswith(f"{backend},")]
         return {row[1]: row[17] for row in rows if row[1] not in ("BACKEND", "FRONTEND")}
 
-    def wait_for_states(self, wanted: dict[str, str], timeout: float = 15.0) -> None:
+    def wait_for_states(self, wanted: dict[str, str], timeout: float = 15.0, backend: str = "predictions") -> None:
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            states = self.server_states()
+            states = self.server_states(backend)
             if all(states.get(k, "").startswith(v) for k, v in wanted.items()):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"replica states {states}, wanted {wanted}")
+        raise AssertionError(f"replica states in {backend}: {states}, wanted {wanted}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -103,7 +105,7 @@ class HAProxyProcess:
 def start_haproxy(tmp: Path, replicas: list[str], *, check_interval_ms: int = 300,
                   timeout: float = 30.0) -> HAProxyProcess:
     """HAProxy on a free port balancing ``replicas`` (``host:port``, two) with deploy/haproxy/haproxy.cfg;
-    waits until both pass the health check on /health/ready."""
+    waits until both serve through it and are up in both backends."""
     executable = require_executable("haproxy", "haproxy", "/usr/sbin/haproxy")
     port, stats_port = free_port(), free_port()
     env = {**os.environ, "ICH_PROXY_BIND": f"127.0.0.1:{port}", "ICH_REPLICA_A": replicas[0],
@@ -128,4 +130,6 @@ def start_haproxy(tmp: Path, replicas: list[str], *, check_interval_ms: int = 30
     if len(seen) < len(replicas):
         proxy.stop()
         raise RuntimeError(f"haproxy did not route to every replica within {timeout} s (saw {sorted(seen)})")
+    for backend in ("predictions", "reads"):
+        proxy.wait_for_states(dict.fromkeys("ab", "UP"), timeout=timeout, backend=backend)
     return proxy

@@ -236,6 +236,34 @@ def test_readiness_is_503_while_saturated() -> None:
     assert service.try_admit() and service.try_admit() and not service.try_admit()
     r = asyncio.run(ready())
     assert r.status_code == 503 and r.headers["Retry-After"] == "3" and r.json()["status"] == "saturated"
+    reads = asyncio.run(_get(app, "/health/reads"))
+    assert reads.status_code == 200 and reads.json()["status"] == "ready"  # reads go on while saturated
     service.release()
     assert asyncio.run(ready()).status_code == 200
     service.release()
+
+
+async def _get(app, path: str):
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        return await client.get(path)
+
+
+def test_read_readiness_ignores_model_loading_and_follows_the_store() -> None:
+    """/health/reads answers 200 while the model is still loading (results in the store can be read) and 503
+    ``store_unavailable`` + Retry-After when the store fails."""
+    from app.api import create_app
+
+    app = create_app(ServiceSettings(weights_dir="/nonexistent", retry_after_s=2))
+    service = app.state.service
+    assert not service.ready
+    assert asyncio.run(_get(app, "/health/ready")).status_code == 503
+    assert asyncio.run(_get(app, "/health/reads")).status_code == 200
+
+    async def failing() -> str:
+        return "connection refused"
+
+    service.store_failure = failing
+    r = asyncio.run(_get(app, "/health/reads"))
+    assert r.status_code == 503 and r.headers["Retry-After"] == "2" and r.json()["status"] == "store_unavailable"

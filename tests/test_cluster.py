@@ -5,7 +5,8 @@ with deploy/haproxy/haproxy.cfg (health check on /health/ready).
 * a synchronous prediction posted through the balancer is read back, files included, from the other replica;
 * an asynchronous one (``Prefer: respond-async``) answers 202 + Location + Retry-After and is polled to its
   result on the other replica;
-* a replica with every slot taken fails readiness and gets no new requests until a slot frees;
+* a replica with every slot taken fails readiness and gets no new predictions until a slot frees, but still
+  answers reads (results, polling: the balancer routes them by /health/reads);
 * Redis stopped: predictions and reads answer 503 ``store_unavailable`` with Retry-After (never 500), readiness
   is false on both replicas and the balancer answers 503 + Retry-After; Redis back: service back;
 * one replica killed under load (last, it ends the cluster): clients see only 200, 202 or 503 with Retry-After,
@@ -157,14 +158,20 @@ def _stall_upload(port: int) -> socket.socket:
 
 
 def test_saturated_replica_taken_out_of_rotation(cluster: Cluster, study: bytes) -> None:
+    """New predictions avoid the saturated replica; reads (results, polling) still reach it."""
+    known = _post(cluster.proxy.base_url, study).json()["id"]
     port = int(cluster.a.base_url.rsplit(":", 1)[1])
     stalled = [_stall_upload(port) for _ in range(MAX_IN_FLIGHT)]
     try:
         cluster.proxy.wait_for_states({"a": "DOWN", "b": "UP"})
+        assert cluster.proxy.server_states("reads") == {"a": "UP", "b": "UP"}
         ready = httpx.get(f"{cluster.a.base_url}/health/ready", timeout=5)
         assert ready.status_code == 503 and ready.json()["status"] == "saturated"
         answers = [_post(cluster.proxy.base_url, study) for _ in range(2)]
         assert [(r.status_code, r.headers["x-served-by"]) for r in answers] == [(200, "b"), (200, "b")]
+        reads = [httpx.get(f"{cluster.proxy.base_url}/v1/predictions/{known}", timeout=TIMEOUT) for _ in range(4)]
+        assert all(r.status_code == 200 and r.json()["id"] == known for r in reads), [r.text for r in reads]
+        assert {r.headers["x-served-by"] for r in reads} == {"a", "b"}  # the saturated replica answers reads
     finally:
         for sock in stalled:
             sock.close()
@@ -186,14 +193,18 @@ def test_redis_outage_answers_503_and_readiness_false(cluster: Cluster, study: b
         for r in (post, get):
             assert _is_retryable_503(r) and r.json()["code"] == "store_unavailable", r.text
         cluster.proxy.wait_for_states({"a": "DOWN", "b": "DOWN"})
+        cluster.proxy.wait_for_states({"a": "DOWN", "b": "DOWN"}, backend="reads")
         through = _post(cluster.proxy.base_url, study)
-        assert _is_retryable_503(through) and through.json()["code"] == "upstream_unavailable"
+        read = httpx.get(f"{cluster.proxy.base_url}/v1/predictions/{known}", timeout=TIMEOUT)
+        for r in (through, read):
+            assert _is_retryable_503(r) and r.json()["code"] == "upstream_unavailable", r.text
         unhandled = [line for line in httpx.get(f"{cluster.a.base_url}/metrics").text.splitlines()
                      if line.startswith("ich_unhandled_errors_total{")]
         assert all('error_type="ClientDisconnect"' in line for line in unhandled), unhandled  # the stalled uploads
     finally:
         cluster.redis.start()
     cluster.proxy.wait_for_states({"a": "UP", "b": "UP"})
+    cluster.proxy.wait_for_states({"a": "UP", "b": "UP"}, backend="reads")
     assert _post(cluster.proxy.base_url, study).status_code == 200
 
 
@@ -245,7 +256,7 @@ def test_replica_killed_under_load(cluster: Cluster, study: bytes) -> None:
     for respond_async, r in answers:
         if r.status_code == 200:  # an answered result is never lost
             again = httpx.get(cluster.proxy.base_url + r.headers["location"], timeout=TIMEOUT)
-            assert again.status_code == 200 and again.json() == r.json()
+            assert again.status_code == 200 and again.json() == r.json(), again.text
         elif r.status_code == 202:
             assert respond_async
             final = _poll(cluster.proxy.base_url, r.headers["location"], timeout=HEARTBEAT_TIMEOUT_S + 30)

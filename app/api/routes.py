@@ -142,6 +142,17 @@ def build_health_router() -> APIRouter:
                                  "prediction slots are in use"}, status_code=503, headers=service.retry_after())
         return JSONResponse({"status": "ready"})
 
+    async def reads_ready(service: ServiceDep) -> JSONResponse:
+        """200 while stored results can be read (the store answers), whatever the model's state and however
+        many prediction slots are taken; 503 + Retry-After without the store. A balancer routes reads by this
+        check and new predictions by ``/health/ready``, so polling never stops while every slot is busy."""
+        store_failure = await service.store_failure()
+        if store_failure is not None:
+            return JSONResponse({"status": "store_unavailable", "detail": store_failure}, status_code=503,
+                                headers=service.retry_after())
+        return JSONResponse({"status": "ready"})
+
+    health.add_api_route("/health/reads", reads_ready, methods=["GET"], responses={503: {}})
     for prefix in ("/health", "/v2/health"):
         health.add_api_route(f"{prefix}/live", live, methods=["GET"], response_model=HealthResponse)
         health.add_api_route(f"{prefix}/ready", ready, methods=["GET"], responses={503: {}})
