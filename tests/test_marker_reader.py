@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -13,6 +17,8 @@ from app.model.marker_reader import PROBABILITY_FEATURES, READER_INPUTS, MarkerM
 from app.model.ncct_markers import NCCT_MARKERS
 from app.model.postprocessing import Postprocessing
 from model_training.marker_reader_fit import EXPANSION_INPUTS, fit_marker_expansion_model, fit_marker_reader
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPACING = (5.0, 0.5, 0.5)
 SHAPE = (9, 120, 120)
@@ -210,9 +216,44 @@ def test_fit_reader_pools_saved_reports_of_the_same_network_only(tmp_path):
         (tmp_path / cohort / "serving_report.json").write_text(json.dumps(
             {"model": {"sha256": "ab" * 32}, "manifest": {"file": "manifest.csv", **named}, "cases": _rows(60, seed)}))
     reports = [tmp_path / c / "serving_report.json" for c in ("cohort_a", "cohort_b")]
-    rows, cohort = pooled_rows(reports, "ab" * 32)
+    rows, cohort = pooled_rows(reports, SimpleNamespace(weights_sha256="ab" * 32), tmp_path)
     assert len(rows) == 120 and len({r["case_id"] for r in rows}) == 120
     assert rows[0]["case_id"] == "cohort_a/c0" and rows[60]["case_id"] == "val_b/c0"
     assert "val_b (manifest.csv, 60 cases)" in cohort
     with pytest.raises(ValueError, match="not of these weights' network"):
-        pooled_rows(reports, "cd" * 32)
+        pooled_rows(reports, SimpleNamespace(weights_sha256="cd" * 32), tmp_path)
+
+
+def test_fit_reader_takes_rows_of_a_registered_copy_with_the_same_network(tmp_path):
+    """Saving weights under a new version rewrites the file's metadata (so its hash), not the network: rows of
+    the source version are accepted for the copy, and refused once a tensor or the mask refinement differs."""
+    import torch
+
+    from app.weights.registry import load_weights, register_in_registry, save_weights
+    from model_training.commands.fit_reader import same_network
+
+    source = load_weights(ROOT / "weights", None)
+    reg = tmp_path / "weights"
+    reg.mkdir()
+    keep = {k: v for k, v in source.manifest.items() if k not in (
+        "schema", "plans", "plans_fingerprint", "model_config", "model_config_fingerprint", "parameters", "files")}
+    for version, change in (("1.0.0", None), ("1.0.1", None), ("1.0.2", "tensor"), ("1.0.3", "refinement")):
+        manifest = {**keep, "version": version}
+        model = source.model
+        if change == "tensor":
+            model = copy.deepcopy(source.model)
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] += 1e-3
+        if change == "refinement":
+            post = dict(manifest["postprocessing"])
+            post["refinement"] = {**post.get("refinement", {}), "enabled": False}
+            manifest["postprocessing"] = post
+        save_weights(model, source.plans, source.config, reg / f"{source.name}-{version}", manifest, "card")
+        register_in_registry(reg, source.name, version, manifest["created"], make_default=False)
+    first = load_weights(reg, "1.0.0")
+    named = {"name": first.name, "version": "1.0.0", "sha256": first.weights_sha256}
+    copy_ = load_weights(reg, "1.0.1")
+    assert copy_.weights_sha256 != first.weights_sha256 and same_network(reg, named, copy_)
+    assert not same_network(reg, {**named, "sha256": "ef" * 32}, copy_)  # the report's file is not the registered one
+    assert not same_network(reg, named, load_weights(reg, "1.0.2"))
+    assert not same_network(reg, named, load_weights(reg, "1.0.3"))

@@ -3,9 +3,11 @@ the serving-path rows of one or more earlier runs, without predicting the cohort
 
 Each ``--report`` is the ``serving_report.json`` that ``evaluate`` or ``calibrate --fit-expansion-model`` wrote
 (its ``cases`` are the per-case rows: clot measurements, marker truth, labels). The rows are only valid for the
-network that produced them, so every report must name the same network file (``model.sha256``) as the weights
-being fitted; the post-processing that draws the mask should be the same too (copying a folder and refitting
-only the reader, the expansion model or the calibration keeps it). Case ids are prefixed with their cohort (the
+network that produced them, so every report must name the same network as the weights being fitted: the same
+file (``model.sha256``), or a version registered beside them whose file has that hash, whose tensors are equal to
+these weights' and whose mask refinement is the same (a copy saved under a new version rewrites the file's
+metadata, not the network). The post-processing that draws the mask should be the same too (copying a folder and
+refitting only the reader, the expansion model or the calibration keeps it). Case ids are prefixed with their cohort (the
 manifest's folder, or the report's folder for reports that do not name it) so that cohorts generated with the
 same id scheme pool without collisions. Run ``calibrate`` on a separate validation
 cohort afterwards, as after ``calibrate --fit-expansion-model``.
@@ -36,15 +38,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def pooled_rows(reports: list[Path], network_sha256: str) -> tuple[list[dict[str, Any]], str]:
+def same_network(registry: Path, report_model: dict[str, Any], target: Any) -> bool:
+    """Whether the report's weights (``report_model``: name, version, sha256) are ``target``'s network: the same
+    file, or a version registered in ``registry`` with that file hash, equal tensors and the same refinement."""
+    import torch
+
+    from app.weights.registry import WeightsError, load_weights
+
+    if report_model.get("sha256") == target.weights_sha256:
+        return True
+    version = report_model.get("version")
+    if not version:
+        return False
+    try:
+        source = load_weights(registry, f"{report_model.get('name')}-{version}")
+    except (WeightsError, FileNotFoundError, ValueError):
+        return False
+    if source.weights_sha256 != report_model.get("sha256"):
+        return False
+    if source.postprocessing.refinement != target.postprocessing.refinement:
+        return False
+    a, b = source.model.state_dict(), target.model.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def pooled_rows(reports: list[Path], target: Any, registry: Path) -> tuple[list[dict[str, Any]], str]:
     """The reports' case rows (ids prefixed ``<cohort>/``) and a cohort description; refuses a report of another
-    network."""
+    network (:func:`same_network`)."""
     rows: list[dict[str, Any]] = []
     names = []
+    network_sha256 = target.weights_sha256
     for path in reports:
         report = json.loads(Path(path).read_text())
         sha = (report.get("model") or {}).get("sha256")
-        if sha != network_sha256:
+        if not same_network(registry, report.get("model") or {}, target):
             raise ValueError(f"{path}: rows of network {str(sha)[:12]}, not of these weights' network "
                              f"{network_sha256[:12]}; predict that cohort with these weights first")
         manifest = (report.get("manifest") or {}).get("file", "?")
@@ -61,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     registry, version = resolve_weights(args.weights, args.version)
     try:
-        rows, cohort = pooled_rows(args.report, load_weights(registry, version).weights_sha256)
+        rows, cohort = pooled_rows(args.report, load_weights(registry, version), Path(registry))
         model = store_expansion_model(registry, version, rows, cohort, args.out, c=args.l2_c, marker_reader=True,
                                       reader_c=args.reader_l2_c, reader_kind=args.reader_kind)
     except ValueError as exc:
