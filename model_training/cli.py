@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = ("synth", "train", "cv", "evaluate", "calibrate", "compare_auc", "register", "label_followup",
-                   "fit_uncertainty", "fit_reader", "insert")
+                   "fit_uncertainty", "fit_reader", "fit_expansion", "insert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,16 +51,17 @@ TREE_SETTINGS: dict[str, float | int] = {"max_iter": 150, "learning_rate": 0.05,
 READER_KINDS: tuple[str, ...] = ("logistic", "boosted_trees")
 
 
-def export_boosted_trees(classifier: Any, feature_names: tuple[str, ...], threshold: float) -> BoostedTreesModel:
-    """A fitted binary ``HistGradientBoostingClassifier`` (numerical features, no missing values) as the
-    stored :class:`~app.model.marker_trees.BoostedTreesModel`. It reads the classifier's fitted trees
-    (``_predictors``, ``_baseline_prediction``), which scikit-learn does not promise to keep; the tests check the
-    export against ``predict_proba`` on new rows, so a scikit-learn that changes them fails there, not silently.
+def export_trees(estimator: Any) -> tuple[float, tuple[RegressionTree, ...]]:
+    """The baseline and the trees of a fitted single-output ``HistGradientBoostingClassifier`` (binary) or
+    ``HistGradientBoostingRegressor`` (numerical features, no missing values) as stored node arrays
+    (:class:`~app.model.marker_trees.RegressionTree`). It reads the estimator's fitted trees (``_predictors``,
+    ``_baseline_prediction``), which scikit-learn does not promise to keep; the tests check the export against
+    the estimator's own predictions on new rows, so a scikit-learn that changes them fails there, not silently.
     Served weights do not depend on it: they hold the exported arrays."""
-    if getattr(classifier, "n_trees_per_iteration_", 1) != 1:
-        raise ValueError("boosted-trees export: only binary classifiers")
+    if getattr(estimator, "n_trees_per_iteration_", 1) != 1:
+        raise ValueError("boosted-trees export: only binary classifiers and single-output regressors")
     trees = []
-    for (predictor,) in classifier._predictors:
+    for (predictor,) in estimator._predictors:
         nodes = predictor.nodes
         if nodes["is_categorical"].any():
             raise ValueError("boosted-trees export: categorical splits are not supported")
@@ -71,8 +72,14 @@ def export_boosted_trees(classifier: Any, feature_names: tuple[str, ...], thresh
             left=tuple(int(v) if not lf else 0 for v, lf in zip(nodes["left"], leaf, strict=True)),
             right=tuple(int(v) if not lf else 0 for v, lf in zip(nodes["right"], leaf, strict=True)),
             value=tuple(float(v) if lf else 0.0 for v, lf in zip(nodes["value"], leaf, strict=True))))
-    return BoostedTreesModel(feature_names=feature_names, baseline=float(np.ravel(classifier._baseline_prediction)[0]),
-                             trees=tuple(trees), threshold=threshold)
+    return float(np.ravel(estimator._baseline_prediction)[0]), tuple(trees)
+
+
+def export_boosted_trees(classifier: Any, feature_names: tuple[str, ...], threshold: float) -> BoostedTreesModel:
+    """A fitted binary ``HistGradientBoostingClassifier`` as a marker's stored
+    :class:`~app.model.marker_trees.BoostedTreesModel` (:func:`export_trees`)."""
+    baseline, trees = export_trees(classifier)
+    return BoostedTreesModel(feature_names=feature_names, baseline=baseline, trees=trees, threshold=threshold)
 
 
 def fit_marker_reader(rows: list[dict[str, Any]], cohort: str, c: float = 0.3, folds: int = 5,

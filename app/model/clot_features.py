@@ -24,12 +24,14 @@ the weights; its output is the ``raw_probability`` that calibration then maps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 
 from app.model.clot_texture import TEXTURE_UNITS
+from app.model.marker_trees import RegressionTree
 from app.model.ncct_markers import MEASUREMENT_UNITS, NCCT_MARKERS
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -83,30 +85,46 @@ def clot_features(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequenc
 class ExpansionModel(BaseModel):
     """``method="network"``: the network's expansion probability as it is. ``method="network+clot"``: logistic
     regression ``sigmoid(intercept + sum_k coefficients[k] * (x_k - means[k]) / scales[k])`` over
-    ``x = (logit(network probability), *clot features in feature_names order)``."""
+    ``x = (logit(network probability), *clot features in feature_names order)``. ``method="trees"``:
+    ``sigmoid(baseline + sum of the trees' leaves)`` over the same ``x``, gradient-boosted regression trees
+    (:mod:`app.model.marker_trees` layout) whose raw score is the logit of the expansion probability; ``target``
+    says what they were fitted to (``label``: the expansion label, log-loss; ``risk_image``: the logit of a
+    synthetic cohort's image-only risk, squared error)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    method: str = Field("network", pattern="^(network|network\\+clot)$")
+    method: str = Field("network", pattern="^(network|network\\+clot|trees)$")
     feature_names: tuple[str, ...] = ()
     means: tuple[float, ...] = ()
     scales: tuple[float, ...] = ()
     coefficients: tuple[float, ...] = ()
     intercept: float = 0.0
+    baseline: float = 0.0
+    trees: tuple[RegressionTree, ...] = ()
+    target: Literal["label", "risk_image"] | None = None
     fitted_on: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ExpansionModel:
+        if self.method == "network":
+            return self
+        n = len(self.feature_names)
+        known = {"network_logit", *FEATURE_NAMES, *MEASUREMENT_UNITS, *TEXTURE_UNITS,
+                 *(f"{m}_probability" for m in NCCT_MARKERS)}
+        unknown = set(self.feature_names) - known
+        if unknown or n == 0:
+            raise ValueError(f"expansion model: feature_names must name known features (unknown: "
+                             f"{', '.join(sorted(unknown)) or 'none given'}; known: {', '.join(sorted(known))})")
         if self.method == "network+clot":
-            n = len(self.feature_names)
-            known = {"network_logit", *FEATURE_NAMES, *MEASUREMENT_UNITS, *TEXTURE_UNITS,
-                     *(f"{m}_probability" for m in NCCT_MARKERS)}
-            unknown = set(self.feature_names) - known
-            if unknown or n == 0 or not (len(self.means) == len(self.scales) == len(self.coefficients) == n):
-                raise ValueError("expansion model: feature_names, means, scales and coefficients must align and "
-                                 f"name known features ({', '.join(sorted(known))})")
+            if not (len(self.means) == len(self.scales) == len(self.coefficients) == n):
+                raise ValueError("expansion model: feature_names, means, scales and coefficients must align")
             if any(s <= 0 for s in self.scales):
                 raise ValueError("expansion model: scales must be > 0")
+        else:
+            if not self.trees or self.target is None:
+                raise ValueError("expansion model: method 'trees' needs trees and their target")
+            if any(f >= n for tree in self.trees for f in tree.feature):
+                raise ValueError("expansion model: a tree splits on a feature index beyond feature_names")
         return self
 
     def probability(self, network_probability: float, features: Mapping[str, float]) -> float:
@@ -115,6 +133,10 @@ class ExpansionModel(BaseModel):
             return float(network_probability)
         p = min(max(float(network_probability), 1e-6), 1 - 1e-6)
         values = {"network_logit": float(np.log(p / (1 - p))), **features}
-        z = self.intercept + sum(c * (values[k] - m) / s for k, m, s, c in
-                                 zip(self.feature_names, self.means, self.scales, self.coefficients, strict=True))
+        if self.method == "trees":
+            x = np.array([float(values[k]) for k in self.feature_names])
+            z = self.baseline + sum(tree.score(x) for tree in self.trees)
+        else:
+            z = self.intercept + sum(c * (values[k] - m) / s for k, m, s, c in
+                                     zip(self.feature_names, self.means, self.scales, self.coefficients, strict=True))
         return float(1.0 / (1.0 + np.exp(-z)))
