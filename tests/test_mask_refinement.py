@@ -189,7 +189,7 @@ def test_serum_that_runs_into_hypodense_brain_beside_the_clot_is_kept_within_the
     assert abs(within.sum() / clot.sum() - 1.0) < 0.15
 
 
-def test_the_dense_part_of_a_fluid_level_is_not_taken_for_layered_blood() -> None:
+def test_the_dense_part_of_a_fluid_level_is_not_taken_forlayered_blood() -> None:
     """Serum (12-24 HU) in front of a level is not CSF: a CSF bound above it cut the clot's dense part in strips."""
     clot, serum, hu = _fluid_level_clot(18.0)
     dense = clot & ~serum
@@ -223,7 +223,7 @@ def test_blood_layering_in_a_ventricle_inside_the_haematoma_leaves_the_mask() ->
 
 def test_csf_the_network_took_in_front_of_a_level_does_not_hide_it() -> None:
     """Step 6 on a mask that holds up to 3 mm of CSF, irregularly, in front of the level."""
-    from app.model.mask_refinement import _csf_smoothed, _layered_blood
+    from app.model import ventricular_blood
 
     rng = np.random.default_rng(15)
     z, y, x = _grid()
@@ -236,6 +236,58 @@ def test_csf_the_network_took_in_front_of_a_level_does_not_hide_it() -> None:
     mask = layered_blood | bump
     plain = ON.model_copy(update={"layer_csf_max_hu": 14.0})
     front = plain.model_copy(update={"layer_front_min_hu": 14.0})
-    smoothed = _csf_smoothed(hu, SPACING[1:])
-    assert (_layered_blood(mask, smoothed, SPACING[1:], plain) & layered_blood).sum() < 0.5 * layered_blood.sum()
-    assert (_layered_blood(mask, smoothed, SPACING[1:], front) & layered_blood).sum() > 0.85 * layered_blood.sum()
+    smoothed = ventricular_blood.csf_smoothed(hu, SPACING[1:])
+    assert (ventricular_blood.layered_blood(mask, smoothed, SPACING[1:], plain) & layered_blood).sum() < 0.5 * layered_blood.sum()
+    assert (ventricular_blood.layered_blood(mask, smoothed, SPACING[1:], front) & layered_blood).sum() > 0.85 * layered_blood.sum()
+
+
+def _clot_in_front_of_a_ventricle(blood_hu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A clot lying in front of a ventricle whose blood continues the clot's columns; where the clot does not
+    reach, the ventricle shows its fluid level against CSF. Returns (clot, blood, hu)."""
+    rng = np.random.default_rng(16)
+    z, y, x = _grid()
+    clot = _sphere(12.0, (0.0, -8.0, 0.0))
+    ventricle = (x > 0.0) & (x < 12.0) & (y > -4.0) & (y < 22.0) & (np.abs(z) < 12.0)
+    blood = ventricle & (y > 4.0) & ~clot
+    hu = np.where(clot, 70.0, np.where(blood, blood_hu, 32.0)).astype(np.float32)
+    hu[ventricle & (y <= 4.0) & ~clot] = 6.0
+    hu = ndimage.gaussian_filter(hu, (0.0, 1.2, 1.2)) + rng.normal(0.0, 3.0, hu.shape).astype(np.float32)
+    return clot, blood, hu
+
+
+def test_the_lobe_of_layered_blood_that_continues_the_clot_leaves_the_mask() -> None:
+    clot, blood, hu = _clot_in_front_of_a_ventricle(70.0)
+    layers = ON.model_copy(update={"layer_csf_max_hu": 14.0, "layer_front_min_hu": 14.0})
+    lobes = layers.model_copy(update={"drop_layered_lobes": True})
+    columns = refine_mask(hu, clot | blood, SPACING, layers)
+    whole = refine_mask(hu, clot | blood, SPACING, lobes)
+    assert (columns & blood).sum() > 0.3 * blood.sum(), "step 6 alone leaves the blood behind the clot"
+    assert (whole & blood).sum() < 0.1 * blood.sum()
+    assert (whole & clot).sum() > 0.93 * clot.sum()
+
+
+def test_a_lobe_denser_or_lighter_than_the_layered_blood_is_clot() -> None:
+    clot, blood, hu = _clot_in_front_of_a_ventricle(50.0)
+    layers = ON.model_copy(update={"layer_csf_max_hu": 14.0, "layer_front_min_hu": 14.0})
+    lobes = layers.model_copy(update={"drop_layered_lobes": True, "lobe_hu_tolerance": 5.0})
+    columns = refine_mask(hu, clot | blood, SPACING, layers)
+    whole = refine_mask(hu, clot | blood, SPACING, lobes)
+    assert (whole & clot).sum() > 0.93 * clot.sum()
+    assert (whole & blood).sum() <= (columns & blood).sum()
+
+
+def test_the_lobes_watershed_splits_two_touching_balls_and_keeps_a_ridge_whole() -> None:
+    from app.model.ventricular_blood import lobes_of
+
+    spacing = (1.0, 1.0, 1.0)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in (40, 40, 70)), indexing="ij")
+    big = (z - 20) ** 2 + (y - 20) ** 2 + (x - 22) ** 2 <= 12.0 ** 2
+    small = (z - 20) ** 2 + (y - 20) ** 2 + (x - 41) ** 2 <= 8.0 ** 2
+    lobes, depth = lobes_of(big | small, spacing, min_peak_mm=2.0, dynamic_mm=1.0)
+    assert lobes.max() == 2 and depth.max() == pytest.approx(12.0, abs=0.6)
+    a, b = lobes[20, 20, 22], lobes[20, 20, 43]
+    assert a != b
+    assert (lobes[big & ~small] == a).mean() > 0.95 and (lobes[small & ~big] == b).mean() > 0.95
+    ridge = (np.abs(z - 20) <= 6) & (np.abs(y - 20) <= 6) & (x >= 5) & (x <= 64)  # a bar: one lobe, however long
+    bar, _ = lobes_of(ridge, spacing, min_peak_mm=2.0, dynamic_mm=1.0)
+    assert bar.max() == 1 and (bar[ridge] == 1).all()

@@ -41,7 +41,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
-from app.model.mask_refinement import _local_mean, _solidity_2d
+from app.model.fluid_level_completion import solidity_2d
+from app.model.mask_refinement import _local_mean
 from app.model.ncct_markers import _fill, _otsu, _straight_split
 from app.model.scan_noise import NOISE_UNITS, surround_noise_hu
 
@@ -96,7 +97,7 @@ def _section_shape(section: np.ndarray, spacing_yx: tuple[float, float]) -> tupl
         return 1.0, 0.0
     centre = np.argwhere(section).astype(np.float64).mean(0) * np.asarray(spacing_yx)
     radius = np.linalg.norm(pts - centre, axis=1)
-    return float(min(1.0, _solidity_2d(section))), float(radius.std() / max(radius.mean(), 1e-6))
+    return float(min(1.0, solidity_2d(section))), float(radius.std() / max(radius.mean(), 1e-6))
 
 
 def measure_texture(hu_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_zyx: Sequence[float],
