@@ -223,9 +223,11 @@ def layered_lobes(mask: np.ndarray, layered: np.ndarray, hu: np.ndarray, spacing
     bulk_part = (lobes == bulk) & ~layered
     if not bulk_part.any() or abs(float(np.median(hu[bulk_part])) - blood_hu) < settings.lobe_min_contrast_hu:
         return out  # blood as dense as the clot: the step cannot tell the ventricle's lobe from the clot's
-    drop = [int(b) for b, share in zip(index, shares, strict=True) if share >= settings.lobe_layer_share
-            and b != bulk and abs(float(np.median(hu[(lobes == b) & ~layered])) - blood_hu)
-            <= settings.lobe_hu_tolerance]
+    drop = []
+    for b in index[(shares >= settings.lobe_layer_share) & (index != bulk)]:
+        rest = (lobes == b) & ~layered
+        if rest.any() and abs(float(np.median(hu[rest])) - blood_hu) <= settings.lobe_hu_tolerance:
+            drop.append(int(b))
     if not drop or sizes[np.asarray(drop) - 1].sum() > settings.lobe_max_share * float(mask.sum()):
         return out
     return np.isin(lobes, drop)
