@@ -291,3 +291,24 @@ def test_the_lobes_watershed_splits_two_touching_balls_and_keeps_a_ridge_whole()
     ridge = (np.abs(z - 20) <= 6) & (np.abs(y - 20) <= 6) & (x >= 5) & (x <= 64)  # a bar: one lobe, however long
     bar, _ = lobes_of(ridge, spacing, min_peak_mm=2.0, dynamic_mm=1.0)
     assert bar.max() == 1 and (bar[ridge] == 1).all()
+
+
+def test_the_serum_of_a_clot_wrapped_round_a_ventricle_needs_the_lower_convexity_bound() -> None:
+    """A crescent: the clot's dependent part curves round a ventricle (CSF in the bite), so the outline of serum and
+    blood together is concave and fails a 0.85 solidity bound, but it is still a clot split by a level."""
+    z, y, x = _grid()
+    ventricle = (x ** 2 + (y - 12.0) ** 2 <= 10.0 ** 2) & (np.abs(z) < 20.0)
+    clot = _sphere(15.0) & ~ventricle
+    serum = clot & (y < -2.0)
+    hu = np.where(clot, 72.0, 32.0).astype(np.float32)
+    hu[serum] = 18.0
+    hu[ventricle] = 6.0
+    hu = ndimage.gaussian_filter(hu, (0.0, 1.2, 1.2)) + np.random.default_rng(17).normal(
+        0.0, 3.0, hu.shape).astype(np.float32)
+    network = clot & ~serum
+    strict = refine_mask(hu, network, SPACING, FLUID_LEVEL)
+    concave = refine_mask(hu, network, SPACING, FLUID_LEVEL.model_copy(update={"union_min_solidity": 0.75}))
+    assert (strict & serum).sum() < 0.1 * serum.sum()
+    assert (concave & serum).sum() > 0.9 * serum.sum()
+    assert not (concave & ventricle).any() or (concave & ventricle).sum() < 0.05 * ventricle.sum()
+    assert abs(concave.sum() / clot.sum() - 1.0) < 0.1
