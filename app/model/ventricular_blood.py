@@ -19,14 +19,15 @@ part of a ventricle, with a fluid level against the CSF in front of it (anterior
   ``enclosed_csf_min_mm2`` on the slice) leave the mask, so that blood layering there shows its level to step 6.
 * Lobes (:func:`layered_lobes`, with ``drop_layered_lobes``): step 6 removes only the columns whose front is the
   level; where the clot lies in front of the same ventricle, the rest of the ventricle's blood continues the clot's
-  columns. The mask is split into lobes by a watershed of its 3D distance map (:func:`lobes_of`: one lobe per
-  maximum at least ``lobe_min_peak_mm`` deep that stands ``lobe_dynamic_mm`` above its saddle), and a lobe leaves the mask when at least
-  ``lobe_layer_share`` of it is step 6's layered blood and its other voxels' median HU is within
-  ``lobe_hu_tolerance`` of the layered blood's: the ventricle's blood, not clot. Blood diluted by CSF is less dense than
-  the clot; with ``lobe_min_contrast_hu`` no lobe is dropped unless the layered blood's median differs from the
-  thickest lobe's by at least that much (a clot behind the curved wall of a ventricle can read as a level, and is
-  then as dense as the rest of the clot). The thickest lobe (the clot's
-  bulk) always stays, and nothing is dropped when the lobes would take more than ``lobe_max_share`` of the mask.
+  columns. The mask is split into lobes by a watershed of its 3D distance map on a ~1 mm in-plane grid
+  (:func:`lobes_of`: immersion in ``lobe_step_mm`` levels, one lobe per maximum at least ``lobe_min_peak_mm`` deep
+  that stands ``lobe_dynamic_mm`` above its saddle). A lobe leaves the mask when at least ``lobe_layer_share`` of it
+  is step 6's layered blood and its other voxels' median HU is within ``lobe_hu_tolerance`` of the layered blood's:
+  the ventricle's blood, not clot. With ``lobe_min_contrast_hu`` no lobe is dropped unless the layered blood's
+  median differs from the thickest lobe's by at least that much (blood diluted by CSF is lighter than the clot,
+  while a clot behind the curved wall of a ventricle can read as a level and is as dense as the rest of the clot).
+  The thickest lobe (the clot's bulk) always stays, and nothing is dropped when the lobes would take more than
+  ``lobe_max_share`` of the mask.
 
 All distances in mm (z, y, x); arrays are the refinement's bounding box on the analysis grid.
 """
